@@ -1,0 +1,95 @@
+"""Image loading exactly as the official SuperGlobal / CVNet test loader does it.
+
+``cv2.imread`` (default flag: 3-channel BGR uint8; grayscale and alpha images are converted),
+optional query crop ``im[int(y1):int(y2), int(x1):int(x2)]``, then in float32:
+``im / 255.0``, per channel ``(im - mean[c]) / std[c]`` (BGR order), HWC -> CHW. No resizing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from errors import UserError
+
+# BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
+MEAN_BGR = np.array([0.406, 0.456, 0.485], dtype=np.float32)
+STD_BGR = np.array([0.225, 0.224, 0.229], dtype=np.float32)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """``cv2.imread(path)``: HxWx3 uint8 BGR. UserError naming the path if it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UserError(f"cannot read image {path}: file does not exist; check the dataset directory")
+    if not os.path.isfile(path):
+        raise UserError(f"cannot read image {path}: not a regular file; check the dataset directory")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"cannot read image {path}: file is empty (0 bytes); download it again")
+    im = cv2.imread(path)
+    if im is None:
+        raise UserError(f"cannot read image {path}: OpenCV could not decode it (corrupt or not an "
+                        "image); download it again")
+    return im
+
+
+def crop_box(im: np.ndarray, bbx: Sequence[float], path: str | os.PathLike = "<image>") -> np.ndarray:
+    """Official query crop ``im[int(y1):int(y2), int(x1):int(x2)]`` with bbx = [x1, y1, x2, y2].
+
+    UserError if a coordinate is negative (numpy would wrap it around) or the crop is empty.
+    """
+    if len(bbx) != 4:
+        raise UserError(f"query box {list(bbx)} for image {os.fspath(path)} must be [x1, y1, x2, y2]")
+    x1, y1, x2, y2 = (int(v) for v in bbx)
+    if min(x1, y1, x2, y2) < 0:
+        raise UserError(f"query box {list(bbx)} for image {os.fspath(path)} has a negative "
+                        "coordinate; fix the ground-truth bbx")
+    crop = im[y1:y2, x1:x2]
+    if crop.size == 0:
+        h, w = im.shape[:2]
+        raise UserError(f"query box {list(bbx)} gives an empty crop of image {os.fspath(path)} "
+                        f"({w}x{h}); the box lies outside the image, fix the ground-truth bbx or image")
+    return crop
+
+
+def normalize(im: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 BGR -> float32 3xHxW, ``(im / 255 - mean) / std`` per channel, all float32."""
+    x = im.astype(np.float32) / np.float32(255.0)
+    x = (x - MEAN_BGR) / STD_BGR  # broadcast over the channel axis: same float32 ops as the loop
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def load_image(path: str | os.PathLike, bbx: Sequence[float] | None = None) -> np.ndarray:
+    """Read, optionally crop to ``bbx``, and normalise: float32 array (3, H, W)."""
+    im = read_image(path)
+    if bbx is not None:
+        im = crop_box(im, bbx, path)
+    return normalize(im)
+
+
+class RevisitopImages(Dataset):
+    """Images of one revisitop split; ``bboxes`` is None for the database, one bbx per query else.
+
+    ``ds[i]`` is ``(i, tensor)`` with a float32 CHW tensor. Sizes differ per image, so use
+    ``batch_size=1`` (or a custom collate) with a DataLoader. Picklable (plain lists only).
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float]] | None = None):
+        self.paths = [os.fspath(p) for p in paths]
+        if bboxes is not None:
+            bboxes = [tuple(float(v) for v in b) for b in bboxes]
+            if len(bboxes) != len(self.paths):
+                raise ValueError(f"got {len(bboxes)} boxes for {len(self.paths)} images")
+        self.bboxes = bboxes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        bbx = None if self.bboxes is None else self.bboxes[index]
+        return index, torch.from_numpy(load_image(self.paths[index], bbx))
