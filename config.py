@@ -1,0 +1,233 @@
+"""Every default of the project, in one yacs config, and the command-line parser that overrides it.
+
+Command lines are yacs `KEY VALUE` pairs. A boolean key followed by another key, or last on the
+line, means True, so the paper's own line works as pasted:
+
+    python test.py MODEL.DEPTH 50 TEST.WEIGHTS ./weights SupG.gemp SupG.rgem SupG.onemeval False
+
+Each default below carries a one-line comment; `python test.py --help` prints them.
+"""
+
+import ast
+import difflib
+import re
+from pathlib import Path
+
+from yacs.config import CfgNode
+
+from errors import UserError
+
+_C = CfgNode()
+cfg = _C
+
+_C.MODEL = CfgNode()
+_C.MODEL.TYPE = "RESNET"  # backbone family: RESNET (the CVNet ResNet)
+_C.MODEL.DEPTH = 50  # ResNet depth of the CVNet backbone: 50 or 101
+_C.MODEL.HEADS = CfgNode()
+_C.MODEL.HEADS.REDUCTION_DIM = 2048  # output dimension of head.fc (CVNet: 2048)
+
+_C.TEST = CfgNode()
+_C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth
+_C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
+_C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets to evaluate, in order
+_C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
+_C.TEST.BATCH_SIZE = 16  # images of one size per forward pass (1 = the official one-by-one)
+_C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
+_C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA) or fp16 (CUDA) autocast
+_C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs
+_C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (>= SupG.M)
+
+_C.SupG = CfgNode()
+_C.SupG.gemp = True  # GeM+: GeM with fixed power SupG.gemp_p instead of the learned one
+_C.SupG.rgem = True  # Regional-GeM on the last feature map before pooling
+_C.SupG.sgem = True  # Scale-GeM: max over L2-normalised per-scale descriptors (else their mean)
+_C.SupG.relup = True  # ReLU+: clamp at SupG.relup_alpha after the residual addition of stages 1-3
+_C.SupG.rerank = True  # SuperGlobal reranking of the top SupG.M
+_C.SupG.onemeval = False  # add the R1M distractor features of SupG.distractors_path
+_C.SupG.gemp_p = 4.6  # GeM+ power
+_C.SupG.rgem_p = 2.5  # Regional-GeM LP-pool power
+_C.SupG.rgem_size = 5  # Regional-GeM window (odd)
+_C.SupG.relup_alpha = 0.014  # ReLU+ clamp value
+_C.SupG.relup_stage1_quirk = True  # clamp inside stage-1 bottlenecks even without relup (official code)
+_C.SupG.M = 400  # reranking: number of top database images refined per query
+_C.SupG.K = 9  # reranking: neighbours aggregated per descriptor (plus itself)
+_C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image itself
+_C.SupG.distractors_path = ""  # R1M features; empty means ./feats_1m_RN{MODEL.DEPTH}.pth
+
+_C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
+_C.OUT_DIR = "."  # where log.txt (appended) and saved features go
+
+_SCALES = {1: [1.0], 3: [0.7071, 1.0, 1.4142], 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]}
+
+_CHOICES = {
+    "MODEL.TYPE": ["RESNET"],
+    "MODEL.DEPTH": [50, 101],
+    "TEST.SCALE_LIST": sorted(_SCALES),
+    "TEST.PRECISION": ["fp32", "bf16", "fp16"],
+}
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def scales_of(scale_list):
+    """The image scales that TEST.SCALE_LIST stands for."""
+    return list(_SCALES[scale_list])
+
+
+def get_cfg_defaults():
+    """A fresh, unfrozen copy of every default."""
+    return _C.clone()
+
+
+def _flat_keys(node, prefix=""):
+    keys = {}
+    for name, value in node.items():
+        full = prefix + name
+        if isinstance(value, CfgNode):
+            keys.update(_flat_keys(value, full + "."))
+        else:
+            keys[full] = value
+    return keys
+
+
+def _closest(key, known):
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    if not match:
+        lowered = {k.lower(): k for k in known}
+        match = [lowered[key.lower()]] if key.lower() in lowered else []
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _expected(key, default):
+    if key in _CHOICES:
+        return "one of " + ", ".join(str(c) for c in _CHOICES[key])
+    return {bool: "True or False", int: "an integer", float: "a number",
+            str: "a string", list: "a list such as ['roxford5k', 'rparis6k']"}[type(default)]
+
+
+def _parse_value(key, text, default):
+    """Turn the command-line text for `key` into a value of the default's type, or raise UserError."""
+    bad = UserError(f"bad value {text!r} for {key}: expected {_expected(key, default)}")
+    if isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise bad
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise bad from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise bad from None
+    if isinstance(default, list):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = [item.strip() for item in text.split(",") if item.strip()]
+        if isinstance(value, (str, tuple)):
+            value = [value] if isinstance(value, str) else list(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+            raise bad
+        return value
+    return text
+
+
+def _looks_like_key(token, known):
+    """A known key, or a would-be key in a known section (so a misspelt key is reported as one)."""
+    sections = {key.split(".")[0] for key in known}
+    return token in known or ("." in token and token.split(".")[0] in sections)
+
+
+def merge_from_args(config, args):
+    """Apply `KEY VALUE` pairs (a boolean key without a value means True) to `config`."""
+    known = _flat_keys(config)
+    i = 0
+    while i < len(args):
+        key = args[i]
+        if key not in known:
+            raise UserError(f"unknown config key {key!r}{_closest(key, list(known))}"
+                            " (python test.py --help lists every key)")
+        default = known[key]
+        has_value = i + 1 < len(args) and not _looks_like_key(args[i + 1], known)
+        if not has_value and not isinstance(default, bool):
+            raise UserError(f"missing value for {key}: expected {_expected(key, default)}")
+        value = _parse_value(key, args[i + 1], default) if has_value else True
+        _set(config, key, value)
+        i += 2 if has_value else 1
+    validate(config)
+    return config
+
+
+def _set(config, key, value):
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def validate(config):
+    """Check values that have a type but not a sensible range; raise UserError naming the key."""
+    flat = _flat_keys(config)
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise UserError(f"bad value {flat[key]!r} for {key}: expected {_expected(key, flat[key])}")
+    checks = [
+        ("SupG.M", flat["SupG.M"] >= 1, "an integer >= 1"),
+        ("SupG.K", flat["SupG.K"] >= 0, "an integer >= 0"),
+        ("SupG.K", flat["SupG.K"] < flat["SupG.M"], f"an integer below SupG.M ({flat['SupG.M']})"),
+        ("SupG.beta", flat["SupG.beta"] >= 0, "a number >= 0"),
+        ("SupG.gemp_p", flat["SupG.gemp_p"] > 0, "a number > 0"),
+        ("SupG.rgem_p", flat["SupG.rgem_p"] > 0, "a number > 0"),
+        ("SupG.rgem_size", flat["SupG.rgem_size"] >= 1 and flat["SupG.rgem_size"] % 2 == 1,
+         "an odd integer >= 1"),
+        ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
+        ("MODEL.HEADS.REDUCTION_DIM", flat["MODEL.HEADS.REDUCTION_DIM"] >= 1, "an integer >= 1"),
+        ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 1, "an integer >= 1"),
+        ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= 0, "an integer >= 0"),
+        ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
+        ("DEVICE", re.fullmatch(r"auto|cpu|cuda(:\d+)?", flat["DEVICE"]) is not None,
+         "auto, cpu, cuda or cuda:N"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise UserError(f"bad value {flat[key]!r} for {key}: expected {expected}")
+
+
+def describe_keys():
+    """Every key with its default and its comment, read from this file (one source of truth)."""
+    pattern = re.compile(r"^_C\.([\w.]+) = (.+?)  # (.+)$")
+    lines = []
+    for line in Path(__file__).read_text().splitlines():
+        match = pattern.match(line)
+        if match:
+            key, default, comment = match.groups()
+            lines.append(f"  {key:<28} {default:<28} {comment}")
+    return "\n".join(lines)
+
+
+def load_cfg_from_args(args, description="SuperGlobal"):
+    """Defaults overridden by the command line; `--cfg FILE` merges a yacs YAML file first."""
+    config = get_cfg_defaults()
+    args = list(args)
+    if "--cfg" in args:
+        at = args.index("--cfg")
+        if at + 1 >= len(args):
+            raise UserError("missing file after --cfg")
+        path = Path(args[at + 1])
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            config.merge_from_file(str(path))
+        except (KeyError, ValueError, AssertionError) as error:
+            raise UserError(f"bad config file {path}: {str(error).splitlines()[0]}") from None
+        del args[at:at + 2]
+    merge_from_args(config, args)
+    config.freeze()
+    return config

@@ -1,0 +1,110 @@
+"""Loading CVNet checkpoints into the ResNet of model/resnet.py, safely and completely.
+
+Accepted: `{'model_state': state}` or a bare state dict; keys prefixed with `encoder_q.`,
+`globalmodel.` or `module.` (in any combination). The re-ranking network's keys (`cv_learner.*`,
+`conv2ds.*`) and other extras are ignored. Every backbone and head tensor must load, else the run
+stops saying how many are missing and why (wrong depth, wrong head size, not a CVNet file).
+Files are read with `torch.load(weights_only=True)`: loading never executes code.
+"""
+
+import hashlib
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+
+PREFIXES = ("module.", "encoder_q.", "globalmodel.")
+BACKBONE_KEY = re.compile(r"(stem|s[1-4]|head)\.")
+WEIGHTS_URL_HINT = "download the CVNet weights (see README: Reproducing the paper)"
+
+
+def checkpoint_path(weights, depth):
+    """The checkpoint file: `weights` itself, or CVPR2022_CVNet_R{depth}.pyth inside a directory."""
+    path = Path(weights)
+    if path.is_dir():
+        expected = path / f"CVPR2022_CVNet_R{depth}.pyth"
+        if expected.is_file():
+            return expected
+        present = sorted(p.name for p in path.iterdir() if p.suffix in (".pyth", ".pth", ".pt"))
+        found = f" (it holds {', '.join(present)}; pass one as TEST.WEIGHTS)" if present else ""
+        raise UserError(f"no {expected.name} in {path}{found}: {WEIGHTS_URL_HINT}")
+    if not path.is_file():
+        raise UserError(f"weights not found: {path} (TEST.WEIGHTS): {WEIGHTS_URL_HINT}")
+    return path
+
+
+def read_state_dict(path):
+    """The tensors of a checkpoint file, without running any code it may contain."""
+    if path.stat().st_size == 0:
+        raise UserError(f"weights file is empty: {path}: {WEIGHTS_URL_HINT}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
+        raise UserError(f"refusing to load {path}: it is not a plain tensor checkpoint ({first[:160]})") from None
+    except Exception as error:  # torch raises many types on foreign or damaged bytes
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read weights {path}: truncated or not a PyTorch checkpoint ({reason})") from None
+    state = checkpoint.get("model_state", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds no state dict (expected {{'model_state': ...}} or a bare state dict)")
+    return state
+
+
+def strip_prefixes(state):
+    """Keys without their wrapper prefixes; on a clash the `encoder_q.` branch wins."""
+    stripped = {}
+    for key, value in state.items():
+        name = key
+        while name.startswith(PREFIXES):
+            name = name.split(".", 1)[1]
+        if name not in stripped or key.startswith(("encoder_q.", "module.encoder_q.")):
+            stripped[name] = value
+    return stripped
+
+
+def _stage3_blocks(keys):
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(r"s3\.b(\d+)\.", k))}
+    return max(blocks) if blocks else 0
+
+
+def _mismatch_message(path, model, state, missing, misshaped):
+    depth_of_blocks = {6: 50, 23: 101}
+    found_depth = depth_of_blocks.get(_stage3_blocks(state))
+    if found_depth and found_depth != model.depth:
+        return (f"{path}: these weights look like ResNet-{found_depth} but MODEL.DEPTH is {model.depth}: "
+                f"set MODEL.DEPTH {found_depth}")
+    names = [*missing, *(f"{k} {tuple(state[k].shape)} vs {tuple(model.state_dict()[k].shape)}" for k in misshaped)]
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"{path}: {len(missing)} backbone/head tensors missing or unexpected and {len(misshaped)} of another shape "
+            f"({shown}); is it a CVNet ResNet-{model.depth} checkpoint?")
+
+
+def load_weights(model, weights, depth=None):
+    """Load a CVNet checkpoint (file or directory) into `model` (a model.resnet.ResNet). Returns the path."""
+    path = checkpoint_path(weights, depth if depth is not None else model.depth)
+    state = strip_prefixes(read_state_dict(path))
+    expected = model.state_dict()
+    required = [k for k in expected if not k.endswith("num_batches_tracked")]
+    missing = [k for k in required if k not in state]
+    misshaped = [k for k in required if k in state and state[k].shape != expected[k].shape]
+    unexpected = [k for k in state if k not in expected and BACKBONE_KEY.match(k)]
+    if missing or misshaped or unexpected:
+        raise UserError(_mismatch_message(path, model, state, missing + unexpected, misshaped))
+    bad = [k for k in required if not torch.isfinite(state[k].float()).all()]
+    if bad:
+        raise UserError(f"{path}: {len(bad)} tensors hold NaN or Inf (first: {bad[0]}); the file is corrupt")
+    model.load_state_dict({k: state[k] for k in required}, strict=False)
+    return path
+
+
+def file_sha256(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

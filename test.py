@@ -1,0 +1,134 @@
+"""Evaluate CVNet + SuperGlobal on Revisited Oxford / Paris and append mAP to log.txt.
+
+    python test.py MODEL.DEPTH 50 TEST.WEIGHTS ./weights TEST.DATA_DIR ./revisitop \
+        SupG.gemp SupG.rgem SupG.sgem SupG.relup SupG.rerank SupG.onemeval False
+
+`python test.py --help` lists every config key with its default.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config import describe_keys, load_cfg_from_args, scales_of
+from errors import UserError
+from model.checkpoint import load_weights
+from model.superglobal import build_descriptor
+from modules.reranking import rerank
+from test.evaluate import evaluate_revisitop, format_results
+from test.extract import extract_features
+from test.gnd import load_gnd, protocols
+from test.images import RevisitopImages
+from test.search import rank_by_similarity
+
+USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
+
+
+def resolve_device(name):
+    """`auto` -> CUDA when present, else CPU; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"DEVICE {name}: no CUDA device is available here; use DEVICE cpu or auto")
+    return torch.device(name)
+
+
+class RunLog:
+    """Prints lines and appends them, a block at a time, to <OUT_DIR>/log.txt."""
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / "log.txt"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a"):
+                pass
+        except OSError as error:
+            raise UserError(f"cannot write {self.path} (OUT_DIR): {error.strerror}") from None
+
+    def write(self, *lines):
+        for line in lines:
+            print(line, flush=True)
+        with open(self.path, "a") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def config_summary(cfg, device):
+    supg = cfg.SupG
+    flags = " ".join(f"{k}={supg[k]}" for k in ("gemp", "rgem", "sgem", "relup", "rerank", "onemeval"))
+    return (f"config: MODEL.DEPTH={cfg.MODEL.DEPTH} scales={scales_of(cfg.TEST.SCALE_LIST)} {flags} "
+            f"(gemp_p={supg.gemp_p} rgem_p={supg.rgem_p} rgem_size={supg.rgem_size} "
+            f"relup_alpha={supg.relup_alpha} relup_stage1_quirk={supg.relup_stage1_quirk} "
+            f"M={supg.M} K={supg.K} beta={supg.beta}) precision={cfg.TEST.PRECISION} device={device}")
+
+
+def save_features(path, **arrays):
+    """np.savez to a temporary file, then an atomic rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
+
+
+def extract_split(descriptor, cfg, device, images, desc):
+    return extract_features(descriptor, images, device, batch_size=cfg.TEST.BATCH_SIZE,
+                            num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION, desc=desc)
+
+
+def evaluate_dataset(descriptor, cfg, device, gnd, log):
+    name = gnd["dataset"]
+    log.write(f">> {name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with SuperGlobal")
+    queries = RevisitopImages(gnd["query_paths"], [g["bbx"] for g in gnd["gnd"]])
+    Q = extract_split(descriptor, cfg, device, queries, f"{name} queries")
+    X = extract_split(descriptor, cfg, device, RevisitopImages(gnd["db_paths"]), f"{name} database")
+    Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
+    ranks_global = rank_by_similarity(Xt, Qt)
+    ranks = ranks_global
+    if cfg.SupG.rerank:
+        ranks = rerank(Qt, Xt, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    ranks = ranks.cpu().numpy()
+    results = evaluate_revisitop(ranks, protocols(gnd["gnd"]))
+    log.write(*format_results(results))
+    if cfg.TEST.SAVE_FEATURES:
+        save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X,
+                      ranks_global=ranks_global.cpu().numpy(), ranks=ranks,
+                      mapE=results["E"]["map"], mapM=results["M"]["map"], mapH=results["H"]["map"])
+
+
+def run(cfg, argv):
+    device = resolve_device(cfg.DEVICE)
+    log = RunLog(cfg.OUT_DIR)
+    ground_truths = [load_gnd(cfg.TEST.DATA_DIR, name) for name in cfg.TEST.DATASET_LIST]
+    descriptor = build_descriptor(cfg)
+    weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    descriptor.to(device)
+    log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
+              config_summary(cfg, device) + f" weights={weights}")
+    for gnd in ground_truths:
+        evaluate_dataset(descriptor, cfg, device, gnd, log)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE + describe_keys())
+        return 0
+    try:
+        cfg = load_cfg_from_args(argv)
+        run(cfg, argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Small stand-ins for the real inputs, written in the exact on-disk formats users bring.
+
+- a CVNet checkpoint: `{'model_state': ...}` with `encoder_q.` keys (or another prefix) plus the
+  re-ranking network's extra keys, from a randomly initialised ResNet with perturbed BN statistics;
+- a revisitop dataset: `<root>/<name>/jpg/*.jpg` and `gnd_<name>.pkl`, with image sizes drawn from
+  the real ROxford5k size list (scaled down so CPU tests stay fast).
+"""
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from model.resnet import ResNet
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "revisitop"
+
+
+def random_resnet(depth=50, seed=0, reduction_dim=2048):
+    """A ResNet whose BN layers have non-trivial statistics, so features differ between images."""
+    torch.manual_seed(seed)
+    model = ResNet(depth, reduction_dim)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.2, 0.6)
+                module.bias.uniform_(-0.1, 0.1)
+        model.head.pool.p.fill_(3.0)
+    return model.eval()
+
+
+def cvnet_state(model, prefix="encoder_q."):
+    """The model's tensors as CVNet stores them, with the re-ranking network's keys beside them."""
+    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    state["cv_learner.conv1.weight"] = torch.zeros(4, 4, 3, 3)
+    state["conv2ds.0.weight"] = torch.zeros(8, 4, 1, 1)
+    return state
+
+
+def write_checkpoint(path, model=None, depth=50, prefix="encoder_q.", wrapped=True, seed=0):
+    """Save a CVNet-layout checkpoint; returns the model whose weights it holds."""
+    model = model if model is not None else random_resnet(depth, seed)
+    state = cvnet_state(model, prefix)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_state": state, "epoch": 10} if wrapped else state, path)
+    return model
+
+
+def real_sizes(dataset="roxford5k", split="db"):
+    """(width, height) of the real images, in list order, or None when shared/ is absent."""
+    path = REAL_DATA / f"{dataset}_sizes_{split}.txt"
+    if not path.is_file():
+        return None
+    return [tuple(int(v) for v in line.split(",")[2:4]) for line in path.read_text().split()]
+
+
+def stand_in_sizes(count, divisor=16, seed=0):
+    """`count` image sizes drawn from the real ROxford5k distribution, divided by `divisor`."""
+    sizes = real_sizes() or [(1024, 768), (768, 1024), (1024, 683)]
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(sizes), size=count)
+    return [(max(8, sizes[i][0] // divisor), max(8, sizes[i][1] // divisor)) for i in picks]
+
+
+def textured_image(width, height, rng, label):
+    """A smooth random image tinted by `label`, so images of one landmark look alike."""
+    base = rng.random((max(2, height // 8), max(2, width // 8), 3))
+    image = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
+    tint = np.array([(label * 37) % 255, (label * 91) % 255, (label * 53) % 255]) / 255.0
+    return np.clip(255 * (0.6 * image + 0.4 * tint), 0, 255).astype(np.uint8)
+
+
+def write_revisitop(root, name="roxford5k", n_db=12, n_query=3, divisor=16, seed=0):
+    """A tiny dataset in the revisitop layout. Database image i shows landmark i % n_query; for each
+    query its landmark's images are split into easy / hard / junk. Returns the gnd dict written."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / name
+    (folder / "jpg").mkdir(parents=True, exist_ok=True)
+    imlist = [f"{name}_db_{i:04d}" for i in range(n_db)]
+    qimlist = [f"{name}_q_{j:02d}" for j in range(n_query)]
+    for i, (w, h) in zip(range(n_db), stand_in_sizes(n_db, divisor, seed)):
+        cv2.imwrite(str(folder / "jpg" / f"{imlist[i]}.jpg"), textured_image(w, h, rng, i % n_query))
+    gnd = []
+    for j, (w, h) in zip(range(n_query), stand_in_sizes(n_query, divisor, seed + 1)):
+        cv2.imwrite(str(folder / "jpg" / f"{qimlist[j]}.jpg"), textured_image(w, h, rng, j))
+        same = [i for i in range(n_db) if i % n_query == j]
+        gnd.append({"bbx": [w * 0.1, h * 0.15, w * 0.9 + 0.5, h * 0.85],
+                    "easy": same[0::3], "hard": same[1::3], "junk": same[2::3]})
+    ground_truth = {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
+    with open(folder / f"gnd_{name}.pkl", "wb") as handle:
+        pickle.dump(ground_truth, handle)
+    return ground_truth

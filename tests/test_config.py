@@ -1,0 +1,72 @@
+"""The command line as users type it: the paper's README line, yacs pairs, and one-line errors."""
+
+import pytest
+
+import config
+from errors import UserError
+
+PAPER_LINE = ("MODEL.DEPTH 50 TEST.WEIGHTS ./weights TEST.DATA_DIR ./revisitop SupG.gemp SupG.rgem "
+              "SupG.sgem SupG.relup SupG.rerank SupG.onemeval False")
+
+
+def parse(line):
+    return config.load_cfg_from_args(line.split())
+
+
+def test_paper_line_sets_bare_flags_true_and_explicit_values():
+    cfg = parse(PAPER_LINE)
+    assert cfg.MODEL.DEPTH == 50 and cfg.TEST.WEIGHTS == "./weights"
+    assert cfg.TEST.DATA_DIR == "./revisitop"
+    assert all(cfg.SupG[k] for k in ("gemp", "rgem", "sgem", "relup", "rerank"))
+    assert cfg.SupG.onemeval is False
+
+
+def test_flag_at_end_of_line_means_true():
+    assert parse("SupG.rerank False SupG.onemeval").SupG.onemeval is True
+    assert parse("SupG.gemp false SupG.rgem 0").SupG.gemp is False
+
+
+def test_defaults_follow_the_paper():
+    cfg = config.get_cfg_defaults()
+    assert (cfg.SupG.gemp_p, cfg.SupG.rgem_p, cfg.SupG.rgem_size) == (4.6, 2.5, 5)
+    assert (cfg.SupG.relup_alpha, cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta) == (0.014, 400, 9, 0.15)
+    assert cfg.SupG.onemeval is False and cfg.TEST.SCALE_LIST == 3
+    assert config.scales_of(3) == [0.7071, 1.0, 1.4142]
+    assert config.scales_of(5) == [0.5, 0.7071, 1.0, 1.4142, 2.0]
+
+
+def test_typed_values_and_lists():
+    cfg = parse("MODEL.DEPTH 101 SupG.beta 0.2 TEST.DATASET_LIST roxford5k OUT_DIR out.dir")
+    assert cfg.MODEL.DEPTH == 101 and cfg.SupG.beta == 0.2
+    assert cfg.TEST.DATASET_LIST == ["roxford5k"] and cfg.OUT_DIR == "out.dir"
+    assert parse("TEST.DATASET_LIST ['rparis6k','roxford5k']").TEST.DATASET_LIST == ["rparis6k", "roxford5k"]
+
+
+@pytest.mark.parametrize("line, words", [
+    ("SupG.gemq", ["unknown config key 'SupG.gemq'", "did you mean"]),
+    ("model.depth 50", ["unknown config key 'model.depth'", "MODEL.DEPTH"]),
+    ("MODEL.DEPTH 34", ["MODEL.DEPTH", "50, 101"]),
+    ("TEST.SCALE_LIST 4", ["TEST.SCALE_LIST", "1, 3, 5"]),
+    ("SupG.M", ["missing value for SupG.M"]),
+    ("SupG.M -3", ["SupG.M", ">= 1"]),
+    ("SupG.K -1", ["SupG.K", ">= 0"]),
+    ("SupG.K 400", ["SupG.K", "below SupG.M"]),
+    ("SupG.beta -0.1", ["SupG.beta", ">= 0"]),
+    ("SupG.rerank maybe", ["SupG.rerank", "True or False"]),
+    ("MODEL.DEPTH fifty", ["MODEL.DEPTH", "50, 101"]),
+    ("DEVICE gpu", ["DEVICE", "cuda:N"]),
+])
+def test_bad_command_lines_name_the_key(line, words):
+    with pytest.raises(UserError) as error:
+        parse(line)
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_every_key_is_documented():
+    described = config.describe_keys()
+    flat = config._flat_keys(config.get_cfg_defaults())
+    for key in flat:
+        assert f"  {key} " in described, key
