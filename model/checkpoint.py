@@ -7,7 +7,6 @@ stops saying how many are missing and why (wrong depth, wrong head size, not a C
 Files are read with `torch.load(weights_only=True)`: loading never executes code.
 """
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -100,11 +99,3 @@ def load_weights(model, weights, depth=None):
     model.load_state_dict({k: state[k] for k in required}, strict=False)
     return path
 
-
-def file_sha256(path, chunk=1 << 20):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

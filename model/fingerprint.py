@@ -1,0 +1,54 @@
+"""What a set of features depends on, as a plain dict: depth, pooling flags and powers, scales,
+precision and the weights' sha256. Feature caches and the R1M sidecar store it; two runs whose
+fingerprints differ must not share features."""
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from config import scales_of
+
+FEATURE_KEYS = ("gemp", "rgem", "sgem", "relup", "gemp_p", "rgem_p", "rgem_size", "relup_alpha",
+                "relup_stage1_quirk")
+
+
+@lru_cache(maxsize=16)
+def _sha256(path, size, mtime_ns):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(path):
+    """sha256 of a weights file (memoised per path, size and modification time)."""
+    stat = os.stat(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def descriptor_fingerprint(cfg, weights_path):
+    """Everything in `cfg` and the weights that changes a descriptor's value."""
+    return {
+        "model_type": cfg.MODEL.TYPE,
+        "depth": cfg.MODEL.DEPTH,
+        "reduction_dim": cfg.MODEL.HEADS.REDUCTION_DIM,
+        "scales": scales_of(cfg.TEST.SCALE_LIST),
+        "precision": cfg.TEST.PRECISION,
+        **{key: cfg.SupG[key] for key in FEATURE_KEYS},
+        "weights_sha256": weights_sha256(weights_path),
+    }
+
+
+def fingerprint_differences(expected, found):
+    """Human-readable `key: found vs expected` for every key on which two fingerprints disagree."""
+    keys = sorted(set(expected) | set(found))
+    return [f"{k}: {found.get(k)!r} vs {expected.get(k)!r}" for k in keys if expected.get(k) != found.get(k)]
+
+
+def fingerprint_digest(fingerprint, *extra):
+    """A short stable hash of a fingerprint (plus any extra JSON-able parts), for file names."""
+    payload = json.dumps([fingerprint, *extra], sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
