@@ -35,6 +35,8 @@ _C.TEST.BATCH_SIZE = 16  # images of one size per forward pass (1 = the official
 _C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
 _C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA) or fp16 (CUDA) autocast
 _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs
+_C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
+_C.TEST.CACHE_DIR = ""  # feature cache directory; empty means <OUT_DIR>/feature_cache
 _C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (>= SupG.M)
 
 _C.SupG = CfgNode()

@@ -17,10 +17,12 @@ import torch
 from config import describe_keys, load_cfg_from_args, scales_of
 from errors import UserError
 from model.checkpoint import load_weights
+from model.fingerprint import descriptor_fingerprint
 from model.superglobal import build_descriptor
 from modules.reranking import rerank
 from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
+from test.feature_cache import FeatureCache
 from test.gnd import load_gnd, protocols
 from test.images import RevisitopImages
 from test.search import rank_by_similarity
@@ -78,17 +80,27 @@ def save_features(path, **arrays):
         raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
-def extract_split(descriptor, cfg, device, images, desc):
-    return extract_features(descriptor, images, device, batch_size=cfg.TEST.BATCH_SIZE,
-                            num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION, desc=desc)
+def extract_split(descriptor, cfg, device, cache, name, paths, bboxes=None):
+    """Features of one split, from the cache when the same images were extracted the same way."""
+    def compute():
+        return extract_features(descriptor, RevisitopImages(paths, bboxes), device,
+                                batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.TEST.NUM_WORKERS,
+                                precision=cfg.TEST.PRECISION, desc=name)
+
+    if cache is None:
+        return compute()
+    features, hit = cache.get_or_compute(name.replace(" ", "_"), paths, bboxes, compute)
+    if hit:
+        print(f"{name}: {len(paths)} features from the cache in {cache.directory}", flush=True)
+    return features
 
 
-def evaluate_dataset(descriptor, cfg, device, gnd, log):
+def evaluate_dataset(descriptor, cfg, device, cache, gnd, log):
     name = gnd["dataset"]
     log.write(f">> {name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with SuperGlobal")
-    queries = RevisitopImages(gnd["query_paths"], [g["bbx"] for g in gnd["gnd"]])
-    Q = extract_split(descriptor, cfg, device, queries, f"{name} queries")
-    X = extract_split(descriptor, cfg, device, RevisitopImages(gnd["db_paths"]), f"{name} database")
+    Q = extract_split(descriptor, cfg, device, cache, f"{name} queries", gnd["query_paths"],
+                      [g["bbx"] for g in gnd["gnd"]])
+    X = extract_split(descriptor, cfg, device, cache, f"{name} database", gnd["db_paths"])
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     ranks_global = rank_by_similarity(Xt, Qt)
     ranks = ranks_global
@@ -112,8 +124,12 @@ def run(cfg, argv):
     descriptor.to(device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")
+    cache = None
+    if cfg.TEST.CACHE:
+        cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache",
+                             descriptor_fingerprint(cfg, weights))
     for gnd in ground_truths:
-        evaluate_dataset(descriptor, cfg, device, gnd, log)
+        evaluate_dataset(descriptor, cfg, device, cache, gnd, log)
 
 
 def main(argv=None):

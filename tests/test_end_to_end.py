@@ -81,3 +81,25 @@ def test_unknown_key_is_one_line_exit_2(tmp_path):
 def test_help_lists_keys(tmp_path):
     done = run_test_py("--help", cwd=tmp_path)
     assert done.returncode == 0 and "SupG.onemeval" in done.stdout and "TEST.WEIGHTS" in done.stdout
+
+
+def test_cache_serves_fresh_features_and_misses_on_flag_change(workspace, tmp_path):
+    root, _ = workspace
+    base = ["TEST.WEIGHTS", str(root / "weights"), "TEST.DATA_DIR", str(root / "revisitop"),
+            "TEST.DATASET_LIST", "roxford5k", "TEST.SCALE_LIST", "1", "TEST.NUM_WORKERS", "0",
+            "TEST.SAVE_FEATURES", "True", "SupG.M", "5", "SupG.K", "1"]
+
+    def run(out, *extra):
+        done = run_test_py(*base, "OUT_DIR", str(tmp_path / out), "TEST.CACHE_DIR", str(tmp_path / "cache"),
+                           *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout, np.load(tmp_path / out / "roxford5k.npz")
+
+    first, fresh = run("a")
+    second, cached = run("b", "SupG.K", "3")
+    assert "from the cache" not in first and second.count("from the cache") == 2
+    assert np.array_equal(cached["Q"], fresh["Q"]) and np.array_equal(cached["X"], fresh["X"])
+    uncached, direct = run("c", "TEST.CACHE", "False")
+    assert np.array_equal(direct["X"], fresh["X"])
+    changed, other = run("d", "SupG.rgem", "False")
+    assert "from the cache" not in changed and not np.array_equal(other["X"], fresh["X"])
