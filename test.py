@@ -24,7 +24,7 @@ from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
 from test.feature_cache import FeatureCache
 from test.gnd import load_gnd, protocols
-from test.images import RevisitopImages
+from test.images import RevisitopImages, require_images
 from test.search import rank_by_similarity
 
 USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
@@ -119,6 +119,8 @@ def run(cfg, argv):
     device = resolve_device(cfg.DEVICE)
     log = RunLog(cfg.OUT_DIR)
     ground_truths = [load_gnd(cfg.TEST.DATA_DIR, name) for name in cfg.TEST.DATASET_LIST]
+    for gnd in ground_truths:
+        require_images(gnd["query_paths"] + gnd["db_paths"], gnd["dataset"])
     descriptor = build_descriptor(cfg)
     weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
     descriptor.to(device)

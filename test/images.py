@@ -38,6 +38,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return im
 
 
+def require_images(paths: Sequence[str | os.PathLike], what: str) -> None:
+    """Stop before any work when images are missing, naming how many and the first one."""
+    missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(paths)} {what} images are missing, first {missing[0]}: "
+                        "check TEST.DATA_DIR and download the images (README: Reproducing the paper)")
+
+
 def crop_box(im: np.ndarray, bbx: Sequence[float], path: str | os.PathLike = "<image>") -> np.ndarray:
     """Official query crop ``im[int(y1):int(y2), int(x1):int(x2)]`` with bbx = [x1, y1, x2, y2].
 

@@ -161,3 +161,14 @@ def test_dataloader_with_workers(tmp_path):
         seen.append(i)
         assert np.array_equal(t[0].numpy(), normalize(rgbs[i][:, :, ::-1]))
     assert seen == list(range(5))
+
+
+def test_require_images_names_the_first_missing(tmp_path):
+    from test.images import require_images
+
+    present = tmp_path / "a.jpg"
+    present.write_bytes(b"x")
+    require_images([present], "roxford5k")
+    with pytest.raises(UserError) as error:
+        require_images([present, tmp_path / "b.jpg", tmp_path / "c.jpg"], "roxford5k")
+    assert "2 of 3 roxford5k images are missing" in str(error.value) and "b.jpg" in str(error.value)
