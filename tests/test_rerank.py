@@ -1,0 +1,150 @@
+"""modules.reranking against the plain per-query loop of bench/rerank_baseline.py."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.rerank_baseline import rerank_loop, rerank_official
+from modules.reranking import MDescAug, RerankwMDA, rerank
+from modules.reranking.rerank import top_entries
+
+
+def make_data(nq=6, N=300, D=32, seed=0, dtype=torch.float64):
+    """Queries are noisy copies of database items, so top lists have structure to rerank."""
+    g = torch.Generator().manual_seed(seed)
+    X = F.normalize(torch.randn(N, D, generator=g, dtype=dtype), dim=1)
+    picked = torch.randint(N, (nq,), generator=g)
+    Q = F.normalize(X[picked] + 0.8 * torch.randn(nq, D, generator=g, dtype=dtype) / D ** 0.5, dim=1)
+    ranks = torch.argsort(X @ Q.T, dim=0, descending=True)
+    return Q, X, ranks
+
+
+CASES = {  # name: (data, rows of ranks kept, rerank kwargs)
+    'N>M': (dict(), None, dict(M=50)),
+    'N<M': (dict(N=40), None, dict(M=100)),
+    "N'<N": (dict(), 120, dict(M=50)),
+    "N'<M": (dict(), 30, dict(M=50)),
+    'K=0': (dict(), None, dict(M=50, K=0)),
+    'M=1': (dict(), None, dict(M=1)),
+    'M<K+1': (dict(), None, dict(M=6, K=9)),
+    'nq=1': (dict(nq=1), None, dict(M=60)),
+    'beta=0.5,K=3': (dict(seed=3), None, dict(M=80, K=3, beta=0.5)),
+    'chunk=1': (dict(), None, dict(M=50, chunk_size=1)),
+    'chunk=4': (dict(nq=9), None, dict(M=50, chunk_size=4)),
+}
+
+
+def case(name):
+    data, rows, kwargs = CASES[name]
+    Q, X, ranks = make_data(**data)
+    return Q, X, ranks if rows is None else ranks[:rows], kwargs
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_rerank_equals_loop(name):
+    Q, X, ranks, kwargs = case(name)
+    out = rerank(Q, X, ranks, **kwargs)
+    kwargs.pop('chunk_size', None)
+    assert out.dtype == torch.int64 and out.shape == ranks.shape
+    assert torch.equal(out, rerank_loop(Q, X, ranks, **kwargs))
+
+
+def test_rerank_changes_the_top_keeps_the_rest_and_permutes():
+    Q, X, ranks, _ = case('N>M')
+    out = rerank(Q, X, ranks, M=50)
+    assert not torch.equal(out[:50], ranks[:50])
+    assert torch.equal(out[50:], ranks[50:])
+    assert torch.equal(out[:50].sort(0).values, ranks[:50].sort(0).values)
+
+
+def test_chunk_sizes_agree():
+    Q, X, ranks = make_data(nq=7)
+    auto = rerank(Q, X, ranks, M=50)
+    for chunk in (1, 2, 3, 7, 100):
+        assert torch.equal(rerank(Q, X, ranks, M=50, chunk_size=chunk), auto)
+
+
+def test_float32_and_float16_inputs():
+    Q, X, ranks = make_data(dtype=torch.float32)
+    assert torch.equal(rerank(Q, X, ranks, M=50), rerank_loop(Q, X, ranks, M=50))
+    half = rerank(Q.half(), X.half(), ranks.int(), M=50)
+    assert half.dtype == torch.int64
+    assert torch.equal(half, rerank(Q.half().float(), X.half().float(), ranks, M=50))
+
+
+def test_ties_are_broken_like_a_stable_sort():
+    # Small integer vectors with duplicates: every product is exact, so ties are real ties;
+    # beta=0 keeps the augmented descriptors exact too.
+    g = torch.Generator().manual_seed(1)
+    X = torch.randint(-2, 3, (40, 6), generator=g).double()
+    X = torch.cat([X, X[:15]])
+    Q = torch.randint(-2, 3, (5, 6), generator=g).double()
+    ranks = torch.argsort(X @ Q.T, dim=0, descending=True, stable=True)
+    for beta in (0.0, 0.5):
+        expected = rerank_loop(Q, X, ranks, M=30, K=3, beta=beta)
+        assert torch.equal(rerank(Q, X, ranks, M=30, K=3, beta=beta), expected)
+        assert torch.equal(rerank_official(Q, X, ranks, M=30, K=3, beta=beta), expected)
+
+
+def test_top_entries_matches_stable_sort_with_ties():
+    scores = torch.tensor([[[3., 1., 3., 2., 3., 0.]], [[5., 4., 3., 2., 1., 0.]]])
+    values, indices = top_entries(scores, 2)
+    assert indices.tolist() == [[[0, 2]], [[0, 1]]]
+    assert values.tolist() == [[[3., 3.]], [[5., 4.]]]
+
+
+def test_wrappers_reproduce_rerank_and_official_outputs():
+    Q, X, ranks = make_data()
+    M, K, beta = 50, 9, 0.15
+    rerank_dba_final, res_top1000_dba, ranks_trans_1000_pre, x_dba = MDescAug(M, K, beta)(X, Q, ranks)
+    assert len(rerank_dba_final) == Q.shape[0] and rerank_dba_final[0].shape == (M,)
+    assert res_top1000_dba.shape == ranks_trans_1000_pre.shape == (Q.shape[0], M)
+    assert x_dba.shape == (Q.shape[0], M, X.shape[1])
+
+    # x_dba: weighted mean of the K+1 nearest top items, first weight 1
+    top = ranks[:M, 0]
+    sims, nearest = (X[top] @ X[top][3]).sort(descending=True)
+    weights = torch.cat([torch.ones(1, dtype=X.dtype), beta * sims[1:K + 1]])
+    torch.testing.assert_close(x_dba[0, 3], weights @ X[top][nearest[:K + 1]] / weights.sum())
+    torch.testing.assert_close(res_top1000_dba, torch.einsum('ac,adc->ad', Q, x_dba))
+    assert torch.equal(ranks_trans_1000_pre, res_top1000_dba.argsort(1, descending=True))
+    assert torch.equal(rerank_dba_final[0], top[ranks_trans_1000_pre[0]])
+
+    out = RerankwMDA(M, K, beta)(ranks, rerank_dba_final, res_top1000_dba, ranks_trans_1000_pre, x_dba)
+    assert torch.equal(out, rerank(Q, X, ranks, M=M, K=K, beta=beta))
+    stacked = RerankwMDA(M, K, beta)(ranks, torch.stack(rerank_dba_final), res_top1000_dba,
+                                     ranks_trans_1000_pre, x_dba)
+    assert torch.equal(stacked, out)
+
+
+@pytest.mark.parametrize('name', ['N>M', "N'<M", 'K=0', 'M=1'])
+def test_official_transcription_equals_loop(name):
+    Q, X, ranks, kwargs = case(name)
+    kwargs.pop('chunk_size', None)
+    assert torch.equal(rerank_official(Q, X, ranks, **kwargs), rerank_loop(Q, X, ranks, **kwargs))
+
+
+@pytest.mark.parametrize('change, argument', [
+    (dict(M=0), 'M'), (dict(M=2.5), 'M'), (dict(M=True), 'M'), (dict(K=-1), 'K'),
+    (dict(beta=-0.1), 'beta'), (dict(beta=float('nan')), 'beta'), (dict(chunk_size=0), 'chunk_size'),
+])
+def test_invalid_hyper_parameters(change, argument):
+    Q, X, ranks = make_data(nq=2, N=20, D=4)
+    with pytest.raises(ValueError, match=argument):
+        rerank(Q, X, ranks, **change)
+
+
+def test_invalid_tensors():
+    Q, X, ranks = make_data(nq=2, N=20, D=4)
+    bad = [
+        ((Q, X, ranks.double()), 'ranks'),
+        ((Q, X, ranks[:, :1]), 'ranks'),
+        ((Q, X, torch.cat([ranks, ranks])), 'ranks'),
+        ((Q, X, ranks + X.shape[0]), 'ranks'),
+        ((Q, X, ranks - 1), 'ranks'),
+        ((Q[:, :3], X, ranks), 'Q and X'),
+        ((Q.long(), X, ranks), 'Q'),
+        ((Q, X[None], ranks), 'X'),
+    ]
+    for args, argument in bad:
+        with pytest.raises(ValueError, match=argument):
+            rerank(*args)
