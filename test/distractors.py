@@ -5,8 +5,10 @@ Accepted files (the format is recognised from the file's first bytes, not its na
 * the official bare tensor, ``torch.save(tensor N x 2048)`` (``feats_1m_RN50.pth``): opened with
   ``torch.load(..., weights_only=True, mmap=True)`` so an 8 GB file is paged in on demand; a legacy
   (pre-zip) torch file cannot be memory-mapped and is loaded into memory instead;
-* our own extraction output: the same ``.pth`` plus a JSON sidecar ``<path>.json`` holding at
-  least ``{"fingerprint": {...}, "count": N, "dim": D, "failed": [row, ...]}``; the fingerprint is
+* our own extraction output (``extract_rop1m.py``): the same ``.pth`` plus a JSON sidecar
+  ``<path>.json`` holding at least ``{"fingerprint": {...}, "count": N, "dim": D, "failed": [...]}``
+  (failed entries: row numbers or ``{"index": row, ...}``; an ``output_bytes`` entry, when present,
+  must match the file's size); the fingerprint is
   compared with the current descriptor's (``model.fingerprint``) so features of another model or
   configuration are not mixed with the database's;
 * a float16 / float32 ``.npy`` (``np.save``), opened with ``np.load(mmap_mode='r')``.
@@ -135,9 +137,18 @@ def _read_sidecar(sidecar: Path, path: Path) -> dict:
     for key in ("count", "dim"):
         if not _is_int(meta[key]) or meta[key] < 0:
             raise invalid(f"'{key}' must be a non-negative integer")
-    if not isinstance(meta["failed"], list) or not all(_is_int(i) for i in meta["failed"]):
-        raise invalid("'failed' must be a list of row numbers")
-    return meta
+    # extract_rop1m.py writes {"index": row, "path": ..., "reason": ...} entries; plain rows also do
+    failed = meta["failed"]
+    if not isinstance(failed, list):
+        raise invalid("'failed' must be a list")
+    rows = [item.get("index") if isinstance(item, dict) else item for item in failed]
+    if not all(_is_int(i) for i in rows):
+        raise invalid("'failed' must list row numbers (or objects with an integer 'index')")
+    size = meta.get("output_bytes")
+    if _is_int(size) and size != path.stat().st_size:
+        raise UserError(f"distractor features {path} have {path.stat().st_size} bytes but the sidecar {sidecar} "
+                        f"says {size} (incomplete or replaced file); {EXTRACT_HINT}")
+    return dict(meta, failed=rows)
 
 
 def _check_fingerprint(found: dict, expected: dict, path: Path, sidecar: Path) -> None:

@@ -173,3 +173,20 @@ def test_bad_sidecars_are_refused(files):
     write_sidecar(path, m, failed=[300])
     with pytest.raises(UserError, match="outside"):
         load_distractors(path)
+    write_sidecar(path, m, failed=["x"])
+    with pytest.raises(UserError, match="row numbers"):
+        load_distractors(path)
+    write_sidecar(path, m, output_bytes=path.stat().st_size + 1)
+    with pytest.raises(UserError, match="incomplete or replaced"):
+        load_distractors(path)
+
+
+def test_extractor_sidecar_layout_is_accepted(files):
+    """extract_rop1m.py lists failed images as objects and records the file size."""
+    m, paths = files
+    path = paths["ours"]
+    write_sidecar(path, m, failed=[{"index": 4, "path": "a.jpg", "reason": "unreadable"},
+                                   {"index": 9, "path": "b.jpg", "reason": "unreadable"}],
+                  failed_count=2, output_bytes=path.stat().st_size, format="r1m-features/1")
+    _, info = load_distractors(path, expected_fingerprint=FINGERPRINT)
+    assert info.failed == (4, 9) and info.fingerprint_checked and info.zero_rows == 2
