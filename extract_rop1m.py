@@ -1,0 +1,281 @@
+"""Extract the R1M (revisitop1m) distractor features that test.py adds with SupG.onemeval.
+
+    python extract_rop1m.py --weight ./weights --depth 50 --data-dir ./revisitop1m
+    torchrun --nproc-per-node 4 extract_rop1m.py --weight ./weights --depth 50 --data-dir ./revisitop1m
+
+Resumable (run the same command again after a crash or kill), shardable (--num-shards/--shard-id,
+or torchrun), tolerant of unreadable images (zero rows, listed in the sidecar). The features are the
+ones test.py computes for a database image with the same KEY VALUE settings. See
+docs/extract_rop1m.md and test/rop1m.py for the on-disk layout.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from config import describe_keys, get_cfg_defaults, load_cfg_from_args, scales_of, validate
+from errors import UserError
+from model.checkpoint import checkpoint_path, load_weights
+from model.fingerprint import descriptor_fingerprint
+from model.superglobal import build_descriptor
+from test.extract import autocast_context
+from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
+                        merge, parts_of_shard, read_image_list, require_some_images, run_identity,
+                        sidecar_path)
+
+DESCRIPTION = """Extract R1M distractor features: a torch.save'd float32 tensor N x D (rows L2-normalised,
+list order, all-zero rows for unreadable images) plus a JSON sidecar <output>.json.
+
+Trailing KEY VALUE pairs select the descriptor, with the syntax of test.py, e.g.
+    SupG.rgem False TEST.SCALE_LIST 1 TEST.PRECISION bf16
+Default: the config defaults (GeM+, Regional-GeM, Scale-GeM, ReLU+, 3 scales, fp32)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser():
+    parser = _Parser(prog="extract_rop1m.py", description=DESCRIPTION, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     usage="python extract_rop1m.py --weight PATH --depth {50,101} --data-dir ROOT "
+                           "[options] [KEY VALUE ...]",
+                     epilog="config keys (default, meaning):\n" + describe_keys())
+    parser.add_argument("--weight", required=True, metavar="PATH",
+                        help="CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth")
+    parser.add_argument("--depth", required=True, type=int, choices=[50, 101], help="ResNet depth")
+    parser.add_argument("--data-dir", required=True, metavar="ROOT",
+                        help=f"holds {LIST_NAME} and the images (under ROOT/jpg/ or ROOT/)")
+    parser.add_argument("--output", metavar="FILE", help="default ./feats_1m_RN{depth}.pth")
+    parser.add_argument("--num-shards", type=int, metavar="N",
+                        help="split the work over N processes (default: WORLD_SIZE under torchrun, else 1)")
+    parser.add_argument("--shard-id", type=int, metavar="I",
+                        help="this process's shard, 0..N-1 (default: RANK under torchrun, else 0)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="images per forward (default TEST.BATCH_SIZE)")
+    parser.add_argument("--num-workers", type=int, metavar="W",
+                        help="image-decoding processes (default TEST.NUM_WORKERS)")
+    parser.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
+                        help="default auto; under torchrun auto/cuda means cuda:LOCAL_RANK")
+    parser.add_argument("--shard-size", type=int, default=2000, metavar="S",
+                        help="images per committed part (default 2000); fixed for the whole run")
+    parser.add_argument("--merge-only", action="store_true",
+                        help="only assemble the output from finished parts (all must be done)")
+    return parser
+
+
+def make_cfg(args, opts):
+    """Config from the trailing KEY VALUE pairs, then the flags (which must not contradict them)."""
+    stray = [o for o in opts if o.startswith("-") and o != "--cfg" and not o[1:2].isdigit() and o[1:2] != "."]
+    if stray:
+        raise UserError(f"unknown option {stray[0]} (python extract_rop1m.py --help lists them)")
+    cfg = load_cfg_from_args(opts, description="extract_rop1m")
+    defaults = get_cfg_defaults()
+    flags = [("MODEL", "DEPTH", args.depth, "--depth"), ("TEST", "WEIGHTS", args.weight, "--weight"),
+             ("TEST", "BATCH_SIZE", args.batch_size, "--batch-size"),
+             ("TEST", "NUM_WORKERS", args.num_workers, "--num-workers"), (None, "DEVICE", args.device, "--device")]
+    cfg.defrost()
+    for section, key, value, flag in flags:
+        node, default = (cfg, defaults) if section is None else (cfg[section], defaults[section])
+        name = key if section is None else f"{section}.{key}"
+        if value is None:
+            continue
+        if node[key] != default[key] and node[key] != value:
+            raise UserError(f"{flag} {value} contradicts {name} {node[key]}: give it once")
+        node[key] = value
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _env_int(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def shard_of(args):
+    """(num_shards, shard_id, local_rank): the flags, else torchrun's WORLD_SIZE/RANK, else 1, 0."""
+    world, rank, local_rank = _env_int("WORLD_SIZE"), _env_int("RANK"), _env_int("LOCAL_RANK")
+    num_shards = args.num_shards if args.num_shards is not None else (world or 1)
+    if args.shard_id is not None:
+        shard_id = args.shard_id
+    elif args.num_shards is not None and world is None:
+        if num_shards > 1:
+            raise UserError(f"--num-shards {num_shards} needs --shard-id (0..{num_shards - 1})")
+        shard_id = 0
+    else:
+        shard_id = rank or 0
+    if num_shards < 1:
+        raise UserError(f"bad value {num_shards} for --num-shards: expected an integer >= 1")
+    if not 0 <= shard_id < num_shards:
+        raise UserError(f"bad value {shard_id} for --shard-id: expected 0..{num_shards - 1}")
+    return num_shards, shard_id, local_rank
+
+
+def resolve_device(name, local_rank=None):
+    """auto -> CUDA when present, else CPU; under torchrun, auto/cuda -> cuda:LOCAL_RANK."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+        if name == "cuda" and local_rank is not None:
+            name = f"cuda:{local_rank}"
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices here")
+        return device
+    return torch.device(name)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def refuse_foreign_output(output, identity):
+    """Stop when FILE or FILE.json exists but was not made by this run and no work dir claims it."""
+    sidecar = sidecar_path(output)
+    if not (output.exists() or sidecar.exists()):
+        return
+    try:
+        stored = json.loads(sidecar.read_text())
+        diffs = identity_differences({"fingerprint": stored.get("fingerprint", {}),
+                                      "image_list": stored.get("image_list", {})},
+                                     {"fingerprint": identity["fingerprint"], "image_list": identity["image_list"]})
+        why = f"with other settings (now vs then: {'; '.join(diffs)})" if diffs else "by an unfinished or other run"
+    except (OSError, ValueError, AttributeError):
+        why = "without a readable sidecar" if output.exists() else "(only its sidecar exists)"
+    raise UserError(f"{output} exists, made {why}; delete it and {sidecar.name} or choose another --output")
+
+
+def run(args, opts):
+    started = time.time()
+    cfg = make_cfg(args, opts)
+    if args.shard_size < 1:
+        raise UserError(f"bad value {args.shard_size} for --shard-size: expected an integer >= 1")
+    num_shards, shard_id, local_rank = shard_of(args)
+    device = resolve_device(cfg.DEVICE, local_rank)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # DataLoader pinning and caches go to this process's GPU
+    autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work
+    image_list = read_image_list(args.data_dir)
+    if not args.merge_only:
+        require_some_images(image_list)
+    weights = checkpoint_path(cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    dim = cfg.MODEL.HEADS.REDUCTION_DIM
+    identity = run_identity(descriptor_fingerprint(cfg, weights), image_list, args.shard_size, dim)
+    output = Path(args.output or f"feats_1m_RN{cfg.MODEL.DEPTH}.pth")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory: give a file name")
+
+    done_sidecar = completed_sidecar(output, identity)
+    if done_sidecar is not None:
+        print(f"already complete: {output} ({done_sidecar['count']} x {done_sidecar['dim']}, "
+              f"{done_sidecar['failed_count']} failed images; sidecar {sidecar_path(output)})", flush=True)
+        return
+    workdir = WorkDir(output, identity)
+    if workdir.exists() or args.merge_only:
+        workdir.open(create=False)  # another run's directory (or none to merge): stop here
+    else:
+        refuse_foreign_output(output, identity)
+    if not args.merge_only:
+        descriptor = build_descriptor(cfg)
+        load_weights(descriptor.backbone, weights, cfg.MODEL.DEPTH)  # wrong file or depth: stop here
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create {output.parent}: {error.strerror}") from None
+        workdir.open(create=True)
+    workdir.remove_stale_temps()
+
+    total_parts = len(workdir.ranges)
+    label = f"shard {shard_id} of {num_shards}"
+    extracted = failed_here = 0
+    if not args.merge_only:
+        mine = parts_of_shard(total_parts, num_shards, shard_id)
+        done = workdir.done()
+        todo = [part for part in mine if part not in done]
+        todo_images = sum(end - start for start, end in (workdir.ranges[p] for p in todo))
+        print(f"{len(image_list)} images in {total_parts} parts of {args.shard_size}; {label}: {len(mine)} parts, "
+              f"{len(mine) - len(todo)} already done, {len(todo)} to do ({todo_images} images); "
+              f"device {device}, precision {cfg.TEST.PRECISION}, scales {scales_of(cfg.TEST.SCALE_LIST)}, "
+              f"weights {weights}; output {output}", flush=True)
+        descriptor.to(device)
+        extract_started = time.time()
+        for number, part in enumerate(todo, 1):
+            start, end = workdir.ranges[part]
+            part_started = time.time()
+            features, failed = extract_part(
+                descriptor, image_list, start, end, device, cfg.TEST.BATCH_SIZE, cfg.TEST.NUM_WORKERS,
+                cfg.TEST.PRECISION, f"[{label}] part {number}/{len(todo)}", dim)
+            for item in failed:
+                tqdm.write(f"warning: image {item['index']} {item['path']}: {item['reason']}", file=sys.stderr)
+            workdir.commit(part, features, failed, {
+                "seconds": round(time.time() - part_started, 3), "device": str(device),
+                "batch_size": cfg.TEST.BATCH_SIZE, "num_workers": cfg.TEST.NUM_WORKERS})
+            extracted += end - start
+            failed_here += len(failed)
+            elapsed = time.time() - extract_started
+            rate = extracted / elapsed if elapsed > 0 else float("inf")
+            eta = (todo_images - extracted) / rate if rate > 0 else 0
+            tqdm.write(f"[{label}] committed part {part} (rows {start}-{end - 1}, {len(failed)} failed): "
+                       f"{extracted}/{todo_images} images, {rate:.1f} img/s, ETA {_duration(eta)}", file=sys.stderr)
+
+    done = workdir.done()
+    missing = [part for part in range(total_parts) if part not in done]
+    seconds = time.time() - started
+    here = (f"{extracted} images extracted by this process ({failed_here} failed) in {seconds:.1f} s "
+            f"({extracted / seconds if seconds > 0 else 0:.1f} img/s)")
+    if missing:
+        first = workdir.ranges[missing[0]]
+        if args.merge_only:
+            raise UserError(f"{len(missing)} of {total_parts} parts are not done yet (first: part {missing[0]}, "
+                            f"rows {first[0]}-{first[1] - 1}): run the extraction without --merge-only first")
+        print(f"done: {here}; {len(missing)} of {total_parts} parts are still being extracted by other "
+              f"shards: the last one to finish writes {output} (or run again with --merge-only)", flush=True)
+        return
+    sidecar = merge(workdir, output)
+    seconds = time.time() - started
+    print(f"done: {here}; wrote {output} ({sidecar['count']} x {sidecar['dim']} float32, "
+          f"{sidecar['failed_count']} failed images with zero rows) and {sidecar_path(output)} "
+          f"in {seconds:.1f} s in total; the parts in {workdir.path} can be deleted", flush=True)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    try:
+        args, opts = parser.parse_known_args(argv)
+        run(args, opts)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
