@@ -37,7 +37,7 @@ _C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA
 _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs
 _C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
 _C.TEST.CACHE_DIR = ""  # feature cache directory; empty means <OUT_DIR>/feature_cache
-_C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (>= SupG.M)
+_C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (at least SupG.M)
 
 _C.SupG = CfgNode()
 _C.SupG.gemp = True  # GeM+: GeM with fixed power SupG.gemp_p instead of the learned one
@@ -54,7 +54,8 @@ _C.SupG.relup_stage1_quirk = True  # clamp inside stage-1 bottlenecks even witho
 _C.SupG.M = 400  # reranking: number of top database images refined per query
 _C.SupG.K = 9  # reranking: neighbours aggregated per descriptor (plus itself)
 _C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image itself
-_C.SupG.distractors_path = ""  # R1M features; empty means ./feats_1m_RN{MODEL.DEPTH}.pth
+_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_RN{MODEL.DEPTH}.pth
+_C.SupG.distractors_check = True  # refuse R1M features whose sidecar names other weights or flags
 
 _C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
 _C.OUT_DIR = "."  # where log.txt (appended) and saved features go

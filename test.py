@@ -20,12 +20,15 @@ from model.checkpoint import load_weights
 from model.fingerprint import descriptor_fingerprint
 from model.superglobal import build_descriptor
 from modules.reranking import rerank
+from test.distractors import load_distractors
 from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
 from test.feature_cache import FeatureCache
 from test.gnd import load_gnd, protocols
 from test.images import RevisitopImages, require_images
 from test.search import rank_by_similarity
+from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
+                            wanted_from_protocols)
 
 USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
 
@@ -95,24 +98,51 @@ def extract_split(descriptor, cfg, device, cache, name, paths, bboxes=None):
     return features
 
 
-def evaluate_dataset(descriptor, cfg, device, cache, gnd, log):
+def evaluate_dataset(descriptor, cfg, device, cache, distractors, gnd, log):
     name = gnd["dataset"]
     log.write(f">> {name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with SuperGlobal")
     Q = extract_split(descriptor, cfg, device, cache, f"{name} queries", gnd["query_paths"],
                       [g["bbx"] for g in gnd["gnd"]])
     X = extract_split(descriptor, cfg, device, cache, f"{name} database", gnd["db_paths"])
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
-    ranks_global = rank_by_similarity(Xt, Qt)
-    ranks = ranks_global
-    if cfg.SupG.rerank:
-        ranks = rerank(Qt, Xt, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
-    ranks = ranks.cpu().numpy()
-    results = evaluate_revisitop(ranks, protocols(gnd["gnd"]))
+    if distractors is None:
+        ranks_global, ranks, results = search_database(cfg, Qt, Xt, protocols(gnd["gnd"]))
+    else:
+        ranks_global, ranks, results = search_with_1m(cfg, Qt, Xt, distractors, protocols(gnd["gnd"]))
     log.write(*format_results(results))
     if cfg.TEST.SAVE_FEATURES:
-        save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X,
-                      ranks_global=ranks_global.cpu().numpy(), ranks=ranks,
+        save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X, ranks_global=ranks_global, ranks=ranks,
                       mapE=results["E"]["map"], mapM=results["M"]["map"], mapH=results["H"]["map"])
+
+
+def search_database(cfg, Q, X, protos):
+    """Full ranking of the database, reranked; returns (ranks_global, ranks, results)."""
+    ranks_global = rank_by_similarity(X, Q)
+    ranks = ranks_global
+    if cfg.SupG.rerank:
+        ranks = rerank(Q, X, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    ranks = ranks.cpu().numpy()
+    return ranks_global.cpu().numpy(), ranks, evaluate_revisitop(ranks, protos)
+
+
+def search_with_1m(cfg, Q, X, distractors, protos):
+    """Database + distractors in bounded memory: exact mAP, top TEST.TOPK ranks only."""
+    keep = max(cfg.TEST.TOPK, cfg.SupG.M)
+    found = search_with_distractors(Q, X, distractors, keep, wanted_from_protocols(protos))
+    reranked = None
+    if cfg.SupG.rerank:
+        reranked = rerank_top(Q, X, distractors, found, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    results = evaluate_from_search(found, protos, reranked_top=reranked)
+    return top_ranks(found), top_ranks(found, reranked), results
+
+
+def open_distractors(cfg, fingerprint, log):
+    path = cfg.SupG.distractors_path or f"./feats_1m_RN{cfg.MODEL.DEPTH}.pth"
+    distractors, info = load_distractors(path, expected_fingerprint=fingerprint,
+                                         check=cfg.SupG.distractors_check,
+                                         dim=cfg.MODEL.HEADS.REDUCTION_DIM)
+    log.write(info.describe())
+    return distractors
 
 
 def run(cfg, argv):
@@ -126,12 +156,13 @@ def run(cfg, argv):
     descriptor.to(device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")
+    fingerprint = descriptor_fingerprint(cfg, weights)
+    distractors = open_distractors(cfg, fingerprint, log) if cfg.SupG.onemeval else None
     cache = None
     if cfg.TEST.CACHE:
-        cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache",
-                             descriptor_fingerprint(cfg, weights))
+        cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint)
     for gnd in ground_truths:
-        evaluate_dataset(descriptor, cfg, device, cache, gnd, log)
+        evaluate_dataset(descriptor, cfg, device, cache, distractors, gnd, log)
 
 
 def main(argv=None):

@@ -19,17 +19,29 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "revisitop
 
 
 def random_resnet(depth=50, seed=0, reduction_dim=2048):
-    """A ResNet whose BN layers have non-trivial statistics, so features differ between images."""
+    """A random ResNet whose features still tell images apart.
+
+    PyTorch's default init shrinks activations layer after layer until the BN biases dominate and
+    every image gets the same descriptor. Here convolutions get He init and each BN layer is
+    calibrated on a batch of noise (train-mode statistics), as after real training.
+    """
     torch.manual_seed(seed)
     model = ResNet(depth, reduction_dim)
     with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the calibration batch
+                module.weight.fill_(0.5 if name.endswith("c_bn") else 1.0)
+                module.bias.uniform_(-0.05, 0.05)
+        model.head.pool.p.fill_(3.0)
+        model.train()
+        model(torch.randn(4, 3, 96, 128))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.2, 0.6)
-                module.bias.uniform_(-0.1, 0.1)
-        model.head.pool.p.fill_(3.0)
+                module.momentum = 0.1
     return model.eval()
 
 

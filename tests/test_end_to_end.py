@@ -103,3 +103,78 @@ def test_cache_serves_fresh_features_and_misses_on_flag_change(workspace, tmp_pa
     assert np.array_equal(direct["X"], fresh["X"])
     changed, other = run("d", "SupG.rgem", "False")
     assert "from the cache" not in changed and not np.array_equal(other["X"], fresh["X"])
+
+
+def full_reference(Q, X, D, gnd, M, K):
+    """The official +1M pipeline on a small scale: concatenate, full argsort, rerank, evaluate."""
+    import torch
+
+    from modules.reranking import rerank
+    from test.evaluate import evaluate_revisitop
+    from test.gnd import protocols
+
+    Q, X_all = torch.from_numpy(Q), torch.cat([torch.from_numpy(X), torch.from_numpy(D)])
+    ranks = torch.sort(X_all @ Q.T, dim=0, descending=True, stable=True).indices
+    ranks = rerank(Q, X_all, ranks, M=M, K=K).numpy()
+    return ranks, evaluate_revisitop(ranks, protocols(gnd["gnd"]))
+
+
+@pytest.mark.parametrize("fmt", ["official_pth", "npy16"])
+def test_onemeval_matches_the_full_concatenated_ranking(workspace, tmp_path, fmt):
+    import torch
+
+    root, gnds = workspace
+    rng = np.random.default_rng(9)
+    D = rng.standard_normal((60, 2048)).astype(np.float32)
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    if fmt == "official_pth":
+        path = tmp_path / "feats_1m_RN50.pth"
+        torch.save(torch.from_numpy(D), path)
+    else:
+        D = D.astype(np.float16)
+        path = tmp_path / "feats.npy"
+        np.save(path, D)
+    done = run_test_py("TEST.WEIGHTS", str(root / "weights"), "TEST.DATA_DIR", str(root / "revisitop"),
+                       "TEST.DATASET_LIST", "rparis6k", "TEST.SCALE_LIST", "1", "TEST.NUM_WORKERS", "0",
+                       "TEST.SAVE_FEATURES", "True", "SupG.M", "8", "SupG.K", "2", "TEST.TOPK", "20",
+                       "SupG.onemeval", "SupG.distractors_path", str(path), "OUT_DIR", str(tmp_path / "out"),
+                       cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "out" / "rparis6k.npz")
+    ranks, results = full_reference(saved["Q"], saved["X"], D.astype(np.float32), gnds["rparis6k"], 8, 2)
+    assert saved["ranks"].shape == (20, 3)
+    np.testing.assert_array_equal(saved["ranks"], ranks[:20])
+    for key in "EMH":
+        assert saved[f"map{key}"] == pytest.approx(results[key]["map"], abs=1e-12, nan_ok=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "distractors: 60 x 2048" in log
+
+
+def test_onemeval_with_extract_rop1m_output_and_mismatch(workspace, tmp_path):
+    import cv2
+
+    from tests.synthetic import textured_image
+
+    root, _ = workspace
+    r1m = tmp_path / "r1m"
+    rng = np.random.default_rng(1)
+    names = [f"d{i}.jpg" for i in range(5)]
+    for name in names:
+        (r1m / "jpg").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(r1m / "jpg" / name), textured_image(48, 36, rng, 7))
+    (r1m / "revisitop1m.txt").write_text("\n".join(names) + "\n")
+    output = tmp_path / "feats.pth"
+    extract = subprocess.run([sys.executable, str(ROOT / "extract_rop1m.py"), "--weight", str(root / "weights"),
+                              "--depth", "50", "--data-dir", str(r1m), "--output", str(output),
+                              "--num-workers", "0", "TEST.SCALE_LIST", "1"],
+                             capture_output=True, text=True, timeout=600)
+    assert extract.returncode == 0, extract.stderr
+    common = ["TEST.WEIGHTS", str(root / "weights"), "TEST.DATA_DIR", str(root / "revisitop"),
+              "TEST.DATASET_LIST", "roxford5k", "TEST.NUM_WORKERS", "0", "SupG.onemeval",
+              "SupG.distractors_path", str(output)]
+    same = run_test_py(*common, "TEST.SCALE_LIST", "1", "OUT_DIR", str(tmp_path / "a"), cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert "fingerprint matches" in (tmp_path / "a" / "log.txt").read_text()
+    other = run_test_py(*common, "TEST.SCALE_LIST", "3", "OUT_DIR", str(tmp_path / "b"), cwd=tmp_path)
+    assert other.returncode == 2 and "scales" in other.stderr and "SupG.distractors_check False" in other.stderr
+    assert "Traceback" not in other.stderr
