@@ -36,8 +36,8 @@ Consistency of the float32 similarities (how the last bits are pinned down):
   (tests/test_search_1m.py uses such data) the results are identical to the full argsort.
 
 Peak extra memory: one float32 block (chunk_rows x D), its c x nq scores and c x nq int64 bucket
-indices, S_X and its sort (N x nq), the top (keep x nq) and the histograms (nq x W): about 80 MB
-for 70 queries, D = 2048, chunk_rows = 8192 (see docs/onemeval.md for measurements).
+indices, S_X and its sort (N x nq), the top (keep x nq) and the histograms (nq x W): about 150 MB
+for 70 queries, D = 2048, chunk_rows = 16384 (see docs/onemeval.md for measurements).
 
 Works on the device of Q (blocks of a memory-mapped CPU matrix are copied there one at a time).
 """
@@ -52,9 +52,10 @@ import torch
 
 from errors import UserError
 
-CPU_BLOCK_BYTES = 64 * 2 ** 20      # float32 bytes of one block of rows on CPU
+CPU_BLOCK_BYTES = 128 * 2 ** 20     # float32 bytes of one block of rows on CPU (16384 rows at D=2048)
 DEVICE_BLOCK_BYTES = 256 * 2 ** 20  # ... on an accelerator
-RERANK_BYTES = 256 * 2 ** 20        # gathered top descriptors per group of queries in rerank_top
+CPU_RERANK_BYTES = 64 * 2 ** 20     # gathered top descriptors per group of queries in rerank_top
+DEVICE_RERANK_BYTES = 256 * 2 ** 20
 
 
 @dataclass
@@ -98,7 +99,7 @@ def search_with_distractors(Q, X, distractors, keep, wanted, chunk_rows=None) ->
     ``distractors``: a torch tensor (possibly memory-mapped, on any device) or a numpy array /
     memmap, of any float dtype (scores are computed in float32). ``keep``: top positions returned per
     query (capped at N + N1). ``wanted``: nq integer arrays of database ids (< N) whose exact positions
-    are needed. ``chunk_rows``: rows per block (default: 64 MB of float32 rows on CPU, 256 MB on an
+    are needed. ``chunk_rows``: rows per block (default: 128 MB of float32 rows on CPU, 256 MB on an
     accelerator). Runs on Q's device. Raises UserError if distractor rows give NaN / Inf scores.
     """
     _check_inputs(Q, X, keep, chunk_rows)
@@ -122,11 +123,12 @@ def search_with_distractors(Q, X, distractors, keep, wanted, chunk_rows=None) ->
         S_X[start:start + rows] = blocks.scores(X, start, rows)
     if n_db and not bool(torch.isfinite(S_X.sum())) and not bool(torch.isfinite(S_X).all()):
         raise ValueError("the database or query descriptors contain NaN / Inf (or give infinite scores)")
-    top_scores, order = torch.sort(S_X, dim=0, descending=True, stable=True)      # N x nq
+    # query-major from here on (nq x ...): sorts and reductions run along contiguous rows
+    top_scores, order = torch.sort(S_X.T, dim=1, descending=True, stable=True)    # nq x N
     db_pos = torch.empty_like(order).scatter_(
-        0, order, torch.arange(n_db, device=device).unsqueeze(1).expand(n_db, nq))
-    top_ids = order[:keep]
-    top_scores = top_scores[:keep]
+        1, order, torch.arange(n_db, device=device).unsqueeze(0).expand(nq, n_db))
+    top_ids = order[:, :keep].contiguous()
+    top_scores = top_scores[:, :keep].contiguous()
     del order
 
     width = max((len(w) for w in wanted), default=0)
@@ -138,17 +140,14 @@ def search_with_distractors(Q, X, distractors, keep, wanted, chunk_rows=None) ->
     bad_rows = 0
     for start in range(0, n_dis, chunk_rows):
         rows = min(chunk_rows, n_dis - start)
-        sims = blocks.scores(distractors, start, rows, padded=True)            # chunk_rows x nq
-        real = sims[:rows]
-        if not bool(torch.isfinite(real.sum())):
-            bad = ~torch.isfinite(real).all(dim=1)
+        sims = blocks.scores(distractors, start, rows).T.contiguous()           # nq x rows
+        if not bool(torch.isfinite(sims.sum())):
+            bad = ~torch.isfinite(sims).all(dim=0)
             bad_rows += int(bad.sum())
-            real[bad] = -torch.inf
-        if rows < chunk_rows:
-            sims[rows:] = -torch.inf
-        top_ids, top_scores = _merge_top(top_ids, top_scores, sims, rows, n_db + start, keep)
+            sims[:, bad] = -torch.inf
+        top_ids, top_scores = _merge_top(top_ids, top_scores, sims, n_db + start, keep)
         if counter is not None:
-            counter.add(real)
+            counter.add(sims)
     if bad_rows:
         raise UserError(f"distractor features: {bad_rows} of {n_dis} rows give NaN / Inf similarities "
                         f"(NaN / Inf or huge values in the features); re-extract them")
@@ -159,7 +158,8 @@ def search_with_distractors(Q, X, distractors, keep, wanted, chunk_rows=None) ->
         positions = [full[j, :len(w)].copy() for j, w in enumerate(wanted)]
     else:
         positions = [np.zeros(0, dtype=np.int64) for _ in wanted]
-    return SearchResult(top=top_ids.cpu(), top_scores=top_scores.cpu(), wanted=wanted, positions=positions,
+    return SearchResult(top=top_ids.T.contiguous().cpu(), top_scores=top_scores.T.contiguous().cpu(),
+                        wanted=wanted, positions=positions,
                         n_database=n_db, n_distractors=n_dis, chunk_rows=chunk_rows)
 
 
@@ -176,8 +176,8 @@ class _Blocks:
         self.stage = None                               # CPU float32 staging for numpy -> device
         self.padded_to = chunk_rows                     # rows of buf past the data are zero
 
-    def scores(self, matrix, start, rows, padded=False):
-        """Scores (chunk_rows x nq if ``padded`` else rows x nq) of ``matrix[start:start + rows]``."""
+    def scores(self, matrix, start, rows):
+        """Scores (rows x nq, a view of a reused buffer) of ``matrix[start:start + rows]``."""
         buf = self.buf
         if isinstance(matrix, torch.Tensor):
             buf[:rows].copy_(matrix[start:start + rows])
@@ -192,39 +192,48 @@ class _Blocks:
             buf[rows:].zero_()
         self.padded_to = rows
         torch.mm(buf, self.qt, out=self.out)
-        return self.out if padded else self.out[:rows]
+        return self.out[:rows]
 
 
 # --------------------------------------------------------------------------- running top
 
-def _merge_top(top_ids, top_scores, sims, rows, offset, keep):
-    """Merge a block's best items into the running top (k0 x nq, best first, stable).
+def _merge_top(top_ids, top_scores, sims, offset, keep):
+    """Merge a block's best items into the running top (nq x k0, best first, stable).
 
-    ``sims``: chunk_rows x nq, rows past ``rows`` are -inf. All block items have higher combined
-    indices than the current top, so a stable sort of [current top; block candidates in index
+    ``sims``: nq x rows scores of the block, whose items all have higher combined indices (from
+    ``offset``) than the current top, so a stable sort of [current top, block candidates in index
     order] gives the correct tie-break.
     """
+    rows = sims.shape[1]
     k = min(keep, rows)
     if k == 0:
         return top_ids, top_scores
+    full = top_scores.shape[1] >= keep
+    kth = top_scores[:, -1:] if full else torch.full((sims.shape[0], 1), -torch.inf, device=sims.device)
+    if full:
+        # only block items strictly above the current k-th score can enter (a tie has a higher
+        # index): at most `entering` per query, usually far fewer than keep after the first blocks
+        entering = int((sims > kth).sum(1).max())
+        if entering == 0:
+            return top_ids, top_scores
+        k = min(k, entering)
     extra = min(k + 1, rows)                            # one more shows a tie at the boundary
-    values, local = torch.topk(sims, extra, dim=0)      # extra x nq, by value; order of ties arbitrary
+    values, local = torch.topk(sims, extra, dim=1)      # nq x extra, by value; order of ties arbitrary
     if extra > k:
-        kth = top_scores[-1] if top_scores.shape[0] >= keep else torch.full_like(values[0], -torch.inf)
         # topk's choice among items tied at the block's k-th score matters only if they can enter
-        ambiguous = (values[k] == values[k - 1]) & (values[k - 1] > kth)
-        values, local = values[:k], local[:k]
+        ambiguous = (values[:, k] == values[:, k - 1]) & (values[:, k - 1] > kth[:, 0])
+        values, local = values[:, :k], local[:, :k]
         if bool(ambiguous.any()):
-            cols = ambiguous.nonzero().squeeze(1)
-            col_values, col_local = torch.sort(sims[:rows, cols], dim=0, descending=True, stable=True)
-            values[:, cols], local[:, cols] = col_values[:k], col_local[:k]
-    local, by_index = torch.sort(local, dim=0)          # block candidates in index order
-    values = values.gather(0, by_index)
-    all_scores = torch.cat([top_scores, values])
-    all_ids = torch.cat([top_ids, local + offset])
-    merged, order = torch.sort(all_scores, dim=0, descending=True, stable=True)
-    k_new = min(keep, all_scores.shape[0])
-    return all_ids.gather(0, order[:k_new]), merged[:k_new]
+            qs = ambiguous.nonzero().squeeze(1)
+            q_values, q_local = torch.sort(sims[qs], dim=1, descending=True, stable=True)
+            values[qs], local[qs] = q_values[:, :k], q_local[:, :k]
+    local, by_index = torch.sort(local, dim=1)          # block candidates in index order
+    values = values.gather(1, by_index)
+    all_scores = torch.cat([top_scores, values], dim=1)
+    all_ids = torch.cat([top_ids, local + offset], dim=1)
+    merged, order = torch.sort(all_scores, dim=1, descending=True, stable=True)
+    k_new = min(keep, all_scores.shape[1])
+    return all_ids.gather(1, order[:, :k_new]), merged[:, :k_new].contiguous()
 
 
 # --------------------------------------------------------------------------- exact positions
@@ -250,13 +259,13 @@ class _GreaterCounter:
         self.hist = torch.zeros(nq * self.bins, dtype=torch.long, device=device)
 
     def database_positions(self, db_pos):
-        return db_pos.T.gather(1, self.ids)                                    # nq x W
+        return db_pos.gather(1, self.ids)                                      # nq x W
 
     def add(self, sims):
-        """sims: rows x nq scores of distractors (all after every wanted id in index order)."""
+        """sims: nq x rows scores of distractors (all after every wanted id in index order)."""
         # bucket b = #wanted scores < s: a distractor at bucket b beats the wanted ids in sorted
         # slots 0..b-1 (strictly); equal scores do not count (the distractor's index is higher)
-        bucket = torch.searchsorted(self.sorted_scores, sims.T.contiguous())   # nq x rows
+        bucket = torch.searchsorted(self.sorted_scores, sims)                  # nq x rows
         bucket += self.base
         self.hist += torch.bincount(bucket.view(-1), minlength=self.hist.numel())
 
@@ -374,7 +383,8 @@ def rerank_top(Q, X, distractors, result: SearchResult, M=400, K=9, beta=0.15, q
         raise ValueError(f"the search kept {top.shape[0]} positions per query but reranking needs the top "
                          f"M={M}: search with keep >= M")
     if query_chunk is None:
-        query_chunk = max(1, RERANK_BYTES // max(1, m * Q.shape[1] * 4))
+        budget = CPU_RERANK_BYTES if Q.device.type == "cpu" else DEVICE_RERANK_BYTES
+        query_chunk = max(1, budget // max(1, m * Q.shape[1] * 4))
     out = torch.empty(m, nq, dtype=torch.long)
     for start in range(0, nq, query_chunk):
         block = top[:m, start:start + query_chunk]                             # m x g
