@@ -50,6 +50,9 @@ def parse_args(argv):
     p.add_argument("--dba-alpha", type=float, default=DBA_ALPHA, help="alpha-DBA: similarity power")
     p.add_argument("--gnd", help="ground truth: revisitop gnd_*.pkl, or custom .csv / .json (needs --images)")
     p.add_argument("--images", help="image folder of a custom .csv / .json ground truth (database order)")
+    p.add_argument("--gldv2", help="GLDv2 retrieval root: evaluate mAP@100 (Public/Private/All); features "
+                                   "in the order of test.gldv2.load_gldv2 (index ids, scored test ids)")
+    p.add_argument("--gldv2-solution", help="GLDv2 solution csv (default <root>/retrieval_solution_v2.1.csv)")
     p.add_argument("--out", help="write the reranked top --topk: .npy or .csv (one file per method, "
                                  "named <stem>.<method><ext>, when several methods run)")
     p.add_argument("--topk", type=int, default=100, help="rank positions written with --out")
@@ -63,8 +66,10 @@ def parse_args(argv):
         raise UserError("give either --features or --query and --db, not both")
     if not args.features and not (args.query and args.db):
         raise UserError("no features: give --features FILE.npz, or --query FILE and --db FILE")
-    if not args.gnd and not args.out:
-        raise UserError("nothing to do: give --gnd to evaluate and/or --out to write the reranked ranks")
+    if not args.gnd and not args.gldv2 and not args.out:
+        raise UserError("nothing to do: give --gnd or --gldv2 to evaluate and/or --out to write the reranked ranks")
+    if args.gnd and args.gldv2:
+        raise UserError("give --gnd or --gldv2, not both")
     for name in ("M", "topk"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -166,6 +171,16 @@ def load_ground_truth(args, nq, n):
     return protocols(entries)
 
 
+def load_gldv2_checked(args, nq, n):
+    from test.gldv2 import load_gldv2
+
+    gld = load_gldv2(args.gldv2, args.gldv2_solution)
+    if len(gld.query_ids) != nq or len(gld.index_ids) != n:
+        raise UserError(f"{args.gldv2} has {len(gld.query_ids)} scored queries and {len(gld.index_ids)} index "
+                        f"images but the features have {nq} and {n}")
+    return gld
+
+
 # --------------------------------------------------------------------------- methods
 
 def run_method(method, Q, X, initial, args):
@@ -230,6 +245,7 @@ def run(args):
         raise UserError(f"--device {args.device}: no CUDA device is available here")
     Q, X, ranks = load_features(args)
     protos = load_ground_truth(args, Q.shape[0], X.shape[0]) if args.gnd else None
+    gld = load_gldv2_checked(args, Q.shape[0], X.shape[0]) if args.gldv2 else None
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     initial = rank_by_similarity(Xt, Qt) if ranks is None else torch.from_numpy(ranks).to(device)
     print(f"features: {Q.shape[0]} queries, {X.shape[0]} database, D={Q.shape[1]}; initial ranking: "
@@ -241,6 +257,10 @@ def run(args):
         if protos is not None:
             for line in format_results(evaluate_revisitop(new, protos)):
                 print(line, flush=True)
+        if gld is not None:
+            from test.gldv2 import evaluate_gldv2, format_gldv2
+
+            print(format_gldv2(evaluate_gldv2(new, gld)), flush=True)
         if args.out:
             path = out_path(args.out, method, len(args.methods) > 1)
             write_ranks(path, new, args.topk)

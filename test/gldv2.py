@@ -1,0 +1,198 @@
+"""Google Landmarks v2 retrieval: dataset layout, images, and the challenge's mAP@100.
+
+Layout (as the GLDv2 download scripts unpack it)::
+
+    <root>/index/a/b/c/abc123....jpg        # image id 'abc123...' -> first three characters
+    <root>/test/d/e/f/def456....jpg
+    <root>/index.csv, <root>/test.csv       # optional: column 'id' gives the lists and their order
+    <root>/retrieval_solution_v2.1.csv      # id,images,Usage
+
+Without index.csv / test.csv the ids are the image files found under index/ and test/, sorted.
+Solution rows: ``id`` (a test image), ``images`` (space-separated relevant index ids), ``Usage``
+(``Public``, ``Private`` or ``Ignored``). Queries are the test ids with Usage Public or Private, in
+the order of the test list; ``Ignored`` ones (and test ids absent from the solution) are left out.
+
+Metric (the challenge's, as in the DELF repo's ``MeanAveragePrecision``): for a query with
+relevant set R and predictions p_1..p_100 (duplicates skipped, but they still take a position)
+
+    AP@100 = (1 / min(|R|, 100)) * sum_{i<=100, p_i in R} (number of hits in p_1..p_i) / i
+
+averaged over the queries of Public, of Private, and of both ("All").
+
+Small images: every image whose shorter side is below ``MIN_SIDE`` = 96 px is upscaled (INTER_LINEAR,
+aspect kept, shorter side exactly 96) before normalisation. At the smallest SuperGlobal scale
+(0.7071) that leaves a 3x3 conv5 map, the smallest on which Regional-GeM's reflection padding (the
+official path) works; nothing crashes below that either, but descriptors of 1-2 px maps are poor.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from errors import UserError
+from test.images import normalize, read_image
+
+SOLUTION_NAME = "retrieval_solution_v2.1.csv"
+USAGES = ("Public", "Private")
+MIN_SIDE = 96
+MAX_PREDICTIONS = 100
+
+
+def image_path(root, split, image_id) -> Path:
+    """``<root>/<split>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg``."""
+    return Path(root) / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def read_ids(root, split) -> list[str]:
+    """Ids of a split: the 'id' column of <root>/<split>.csv, else the .jpg files under <root>/<split>/."""
+    listing = Path(root) / f"{split}.csv"
+    if listing.is_file():
+        with open(listing, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if "id" not in (reader.fieldnames or []):
+                raise UserError(f"{listing} has no 'id' column (found {reader.fieldnames})")
+            return [row["id"].strip() for row in reader if row["id"].strip()]
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise UserError(f"GLDv2 {split} images not found: neither {listing} nor {folder}/ exists")
+    return sorted(p.stem for p in folder.rglob("*.jpg"))
+
+
+def read_solution(path) -> dict[str, tuple[list[str], str]]:
+    """``{test id: (relevant index ids, usage)}`` from retrieval_solution_v2.1.csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"GLDv2 solution file not found: {path}")
+    solution = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"id", "images", "Usage"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path} lacks column(s) {sorted(missing)} (expected id,images,Usage)")
+        for row in reader:
+            usage = row["Usage"].strip()
+            images = [] if row["images"].strip() in ("", "None") else row["images"].split()
+            if usage in USAGES and not images:
+                raise UserError(f"{path}: {usage} query {row['id']} has no relevant images")
+            solution[row["id"].strip()] = (images, usage)
+    return solution
+
+
+@dataclass(frozen=True)
+class GLDv2:
+    """Scored queries and the index, with relevant sets as positions into ``index_ids``."""
+
+    root: Path
+    index_ids: list[str]
+    query_ids: list[str]
+    usage: list[str]
+    relevant: list[np.ndarray]
+    index_paths: list[str]
+    query_paths: list[str]
+
+
+def load_gldv2(root, solution=None) -> GLDv2:
+    """The GLDv2 retrieval set under ``root``; ``solution`` defaults to <root>/retrieval_solution_v2.1.csv."""
+    root = Path(root)
+    sol = read_solution(solution if solution is not None else root / SOLUTION_NAME)
+    index_ids = read_ids(root, "index")
+    position = {image_id: i for i, image_id in enumerate(index_ids)}
+    query_ids, usage, relevant = [], [], []
+    for test_id in read_ids(root, "test"):
+        images, use = sol.get(test_id, ([], "Ignored"))
+        if use not in USAGES:
+            continue
+        missing = [i for i in images if i not in position]
+        if missing:
+            raise UserError(f"GLDv2 query {test_id}: relevant index image {missing[0]} is not in the index "
+                            f"({len(missing)} missing); the index list is incomplete")
+        query_ids.append(test_id)
+        usage.append(use)
+        relevant.append(np.array(sorted({position[i] for i in images}), dtype=np.int64))
+    if not query_ids:
+        raise UserError(f"no scored GLDv2 queries: no test id of {root} is Public or Private in the solution")
+    return GLDv2(root=root, index_ids=index_ids, query_ids=query_ids, usage=usage, relevant=relevant,
+                 index_paths=[str(image_path(root, "index", i)) for i in index_ids],
+                 query_paths=[str(image_path(root, "test", i)) for i in query_ids])
+
+
+def average_precision_at_k(predicted, relevant, k=MAX_PREDICTIONS) -> float:
+    """The challenge's AP@k of one query: predicted ids/positions (best first), relevant set."""
+    relevant = set(int(r) for r in relevant) if not isinstance(relevant, set) else relevant
+    if not relevant:
+        raise ValueError("a scored query needs at least one relevant image")
+    seen, hits, ap = set(), 0, 0.0
+    for i, p in enumerate(list(predicted)[:k]):
+        p = int(p)
+        if p in seen:
+            continue
+        seen.add(p)
+        if p in relevant:
+            hits += 1
+            ap += hits / (i + 1)
+    return ap / min(len(relevant), k)
+
+
+def evaluate_gldv2(ranks, gld: GLDv2, k=MAX_PREDICTIONS) -> dict:
+    """mAP@k for Public, Private and All. ``ranks``: (N' x nq) index positions, column j for query j."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2 or ranks.shape[1] != len(gld.query_ids):
+        raise ValueError(f"ranks must be N' x {len(gld.query_ids)} (one column per scored query), "
+                         f"got {ranks.shape}")
+    aps = np.array([average_precision_at_k(ranks[:k, j], gld.relevant[j], k) for j in range(ranks.shape[1])])
+    usage = np.array(gld.usage)
+    results = {"aps": aps}
+    for name, mask in (("Public", usage == "Public"), ("Private", usage == "Private"),
+                       ("All", np.ones(len(usage), dtype=bool))):
+        results[name] = float(aps[mask].mean()) if mask.any() else float("nan")
+    return results
+
+
+def format_gldv2(results, k=MAX_PREDICTIONS) -> str:
+    values = ", ".join(f"{name} {results[name] * 100:.2f}" for name in ("Public", "Private", "All"))
+    return f"GLDv2 retrieval mAP@{k}: {values}"
+
+
+def write_submission(path, gld: GLDv2, ranks, k=MAX_PREDICTIONS) -> None:
+    """Kaggle-style ``id,images`` CSV of the top k index ids per scored query."""
+    ranks = np.asarray(ranks)
+    with open(path, "w", newline="") as handle:
+        handle.write("id,images\n")
+        for j, test_id in enumerate(gld.query_ids):
+            handle.write(f"{test_id},{' '.join(gld.index_ids[int(i)] for i in ranks[:k, j])}\n")
+
+
+def upscale_small(im: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Upscale (INTER_LINEAR, aspect kept) so the shorter side is exactly ``min_side``; else unchanged."""
+    height, width = im.shape[:2]
+    short = min(height, width)
+    if short >= min_side:
+        return im
+    factor = min_side / short
+    if height <= width:
+        size = (max(min_side, int(round(width * factor))), min_side)
+    else:
+        size = (min_side, max(min_side, int(round(height * factor))))
+    return cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+
+
+class GLDv2Images(Dataset):
+    """``ds[i] = (i, CHW float32 tensor)`` like test.images.RevisitopImages, small images upscaled."""
+
+    def __init__(self, paths, min_side: int = MIN_SIDE):
+        self.paths = [os.fspath(p) for p in paths]
+        self.min_side = int(min_side)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return index, torch.from_numpy(normalize(upscale_small(read_image(self.paths[index]), self.min_side)))
