@@ -244,3 +244,17 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
     return Gnd(dataset=name or folder.resolve().name, gnd_path=path, image_dir=folder, imlist=imlist,
                qimlist=qimlist, gnd=gnd, db_paths=[str(folder / n) for n in imlist],
                query_paths=[str(folder / n) for n in qimlist])
+
+
+def load_dataset_entry(data_dir, entry: str) -> Gnd:
+    """One ``TEST.DATASET_LIST`` entry: ``custom:<folder>`` or ``custom:<folder>::<gt file>`` (a custom
+    dataset; a relative folder is taken relative to the working directory), else a revisitop name
+    loaded with test.gnd.load_gnd(data_dir, entry)."""
+    if entry.startswith("custom:"):
+        folder, _, gt_file = entry[len("custom:"):].partition("::")
+        if not folder:
+            raise UserError(f"dataset {entry!r}: expected custom:<folder> or custom:<folder>::<gt file>")
+        return load_custom_dataset(folder, gt_file or None)
+    from test.gnd import load_gnd
+
+    return load_gnd(data_dir, entry)

@@ -123,3 +123,19 @@ def test_rerank_features_with_custom_gnd(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Retrieval results: mAP E: 52.08, M: 52.08, H: nan" in done.stdout
+
+
+def test_dataset_entry_and_loader_compatibility(tmp_path):
+    from test.custom_dataset import load_dataset_entry
+    from test.images import RevisitopImages
+
+    write_folder(tmp_path)
+    (tmp_path / "labels.json").write_text(json.dumps(JSON))
+    g = load_dataset_entry("unused", f"custom:{tmp_path}::{tmp_path / 'labels.json'}")
+    assert g.qimlist == ["queries/q1.jpg", "queries/q2.jpg"]
+    _, query = RevisitopImages(g.query_paths, g.bboxes)[0]
+    assert tuple(query.shape) == (3, 25 - 3, 30 - 2)  # the int()-truncated box crop
+    _, whole = RevisitopImages(g.query_paths, g.bboxes)[1]
+    assert tuple(whole.shape) == (3, 10, 20)
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_dataset_entry(tmp_path, "nosuchset")
