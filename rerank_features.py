@@ -119,8 +119,13 @@ def load_features(args):
             raise UserError(f"{args.features} is not a test.py features file: expected an npz with Q and X")
         with data:
             Q, X = data["Q"], data["X"]
-            if "ranks_global" in data.files:
+            if "ranks_global" in data.files and not args.ranks:
                 ranks = data["ranks_global"]
+                if ranks.ndim == 2 and ranks.shape[0] != X.shape[0]:
+                    # test.py saves full rankings, except with SupG.onemeval (top TEST.TOPK over X + R1M)
+                    raise UserError(f"{args.features} holds the top {ranks.shape[0]} of a ranking over more "
+                                    f"than its {X.shape[0]} database features (a SupG.onemeval run): the R1M "
+                                    "distractors are not in it, so it cannot be reranked from Q and X alone")
     else:
         Q, X = load_array(args.query, "Q"), load_array(args.db, "X")
     if args.ranks:

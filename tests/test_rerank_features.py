@@ -136,6 +136,7 @@ def test_npy_inputs_all_methods_and_csv(saved_run, tmp_path):
     (["--features", "f.npz"], "nothing to do"),
     (["--features", "f.npz", "--out", "a.npy", "--methods", "supg,xqe"], "unknown method"),
     (["--features", "onem.npz", "--out", "a.npy"], "onemeval"),
+    (["--features", "f.npz", "--ranks", "r.npy", "--out", "a.npy"], "onemeval"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
     rng = np.random.default_rng(0)
@@ -143,6 +144,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
     np.savez(tmp_path / "f.npz", Q=rng.random((2, 4), dtype=np.float32), X=rng.random((5, 4), dtype=np.float32))
     np.savez(tmp_path / "onem.npz", Q=rng.random((2, 4), dtype=np.float32), X=rng.random((5, 4), dtype=np.float32),
              ranks_global=np.array([[0, 1], [7, 2]]))
+    np.save(tmp_path / "r.npy", np.array([[0, 1], [7, 2]]))
     done = run_script("rerank_features.py", *args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0
