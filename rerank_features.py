@@ -46,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--beta", type=float, default=0.15, help="SuperGlobal: neighbour weight")
     p.add_argument("--qe-n", type=int, default=QE_N, help="alpha-QE: top database items added to the query")
     p.add_argument("--qe-alpha", type=float, default=QE_ALPHA, help="alpha-QE: similarity power")
+    p.add_argument("--qe-exclude-query", action="store_true",
+                   help="alpha-QE: q' from the top n only, without q itself")
     p.add_argument("--dba-k", type=int, default=DBA_K, help="alpha-DBA: neighbours added to each item")
     p.add_argument("--dba-alpha", type=float, default=DBA_ALPHA, help="alpha-DBA: similarity power")
     p.add_argument("--gnd", help="ground truth: revisitop gnd_*.pkl, or custom .csv / .json (needs --images)")
@@ -197,15 +199,15 @@ def run_method(method, Q, X, initial, args):
     if method == "supg":
         return rerank(Q, X, initial, M=args.M, K=args.K, beta=args.beta)
     if method == "aqe":
-        return qe_ranks(Q, X, initial, args.qe_n, args.qe_alpha)
+        return qe_ranks(Q, X, initial, args.qe_n, args.qe_alpha, not args.qe_exclude_query)
     if method == "dba":
         return dba_ranks(Q, X, args.dba_k, args.dba_alpha)
-    return dba_qe_ranks(Q, X, args.dba_k, args.dba_alpha, args.qe_n, args.qe_alpha)
+    return dba_qe_ranks(Q, X, args.dba_k, args.dba_alpha, args.qe_n, args.qe_alpha, not args.qe_exclude_query)
 
 
 def describe(method, args):
     params = {"supg": f"M={args.M} K={args.K} beta={args.beta}",
-              "aqe": f"n={args.qe_n} alpha={args.qe_alpha}",
+              "aqe": f"n={args.qe_n} alpha={args.qe_alpha}" + (" without q" if args.qe_exclude_query else ""),
               "dba": f"k={args.dba_k} alpha={args.dba_alpha}",
               "dba+aqe": f"k={args.dba_k} alpha={args.dba_alpha}, n={args.qe_n} alpha={args.qe_alpha}",
               "none": ""}[method]

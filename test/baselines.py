@@ -14,7 +14,9 @@ alpha-DBA (database side), every database item x_i with its k nearest *other* da
 
     x_i' = normalise(x_i + sum_{j in NN_k(i)} max(x_i . x_j, 0)^alpha x_j)
 
-The item itself takes part with weight 1 = (x . x)^alpha in both. Defaults: alpha = 3, n = 2 (QE),
+The item itself takes part with weight 1 = (x . x)^alpha in both (``include_query=False`` /
+``rerank_features.py --qe-exclude-query`` drops q from q': q' = normalise(sum over the top n only)).
+Defaults: alpha = 3, n = 2 (QE),
 k = 2 (DBA); all are parameters (``rerank_features.py --qe-n/--qe-alpha/--dba-k/--dba-alpha``).
 After QE the whole database is searched again with q'; after DBA the queries search X'.
 "DBA+QE" runs QE against the augmented database X'.
@@ -46,15 +48,18 @@ def _check(Q, X, n, alpha, what):
             raise ValueError(f"{what}: {name} must be a 2-D floating-point tensor")
 
 
-def alpha_qe(Q, X, ranks, n=QE_N, alpha=QE_ALPHA):
+def alpha_qe(Q, X, ranks, n=QE_N, alpha=QE_ALPHA, include_query=True):
     """Expanded queries (nq x D): q' = normalise(q + sum over the top n of ``ranks`` (N' x nq)
-    of max(q . x, 0)^alpha x). n = 0 returns normalise(q)."""
+    of max(q . x, 0)^alpha x); without the q term when ``include_query`` is False.
+    n = 0 returns normalise(q)."""
     _check(Q, X, n, alpha, "alpha_qe")
     n = min(n, ranks.shape[0])
     top = ranks[:n].T.to(device=X.device, dtype=torch.long)               # nq x n
     neighbours = X[top]                                                   # nq x n x D
     similarity = torch.bmm(neighbours, Q.unsqueeze(-1)).squeeze(-1)       # nq x n
-    expanded = Q + (neighbours * _weights(similarity, alpha).unsqueeze(-1)).sum(1)
+    expanded = (neighbours * _weights(similarity, alpha).unsqueeze(-1)).sum(1)
+    if include_query or n == 0:
+        expanded = Q + expanded
     return F.normalize(expanded, p=2, dim=1)
 
 
@@ -80,11 +85,11 @@ def alpha_dba(X, k=DBA_K, alpha=DBA_ALPHA, chunk_size=1024):
     return F.normalize(out, p=2, dim=1)
 
 
-def qe_ranks(Q, X, ranks=None, n=QE_N, alpha=QE_ALPHA):
+def qe_ranks(Q, X, ranks=None, n=QE_N, alpha=QE_ALPHA, include_query=True):
     """Full ranking (N x nq) after alpha-QE; ``ranks`` defaults to the plain ranking of X by Q."""
     if ranks is None:
         ranks = rank_by_similarity(X, Q)
-    return rank_by_similarity(X, alpha_qe(Q, X, ranks, n, alpha))
+    return rank_by_similarity(X, alpha_qe(Q, X, ranks, n, alpha, include_query))
 
 
 def dba_ranks(Q, X, k=DBA_K, alpha=DBA_ALPHA):
@@ -92,7 +97,7 @@ def dba_ranks(Q, X, k=DBA_K, alpha=DBA_ALPHA):
     return rank_by_similarity(alpha_dba(X, k, alpha), Q)
 
 
-def dba_qe_ranks(Q, X, k=DBA_K, dba_alpha=DBA_ALPHA, n=QE_N, qe_alpha=QE_ALPHA):
+def dba_qe_ranks(Q, X, k=DBA_K, dba_alpha=DBA_ALPHA, n=QE_N, qe_alpha=QE_ALPHA, include_query=True):
     """DBA, then alpha-QE against the augmented database (the usual "DBA+QE")."""
     Xd = alpha_dba(X, k, dba_alpha)
-    return qe_ranks(Q, Xd, rank_by_similarity(Xd, Q), n, qe_alpha)
+    return qe_ranks(Q, Xd, rank_by_similarity(Xd, Q), n, qe_alpha, include_query)

@@ -29,12 +29,12 @@ def random_data(nq=4, n=30, d=8, seed=0):
     return Q, X
 
 
-def loop_qe(Q, X, n, alpha):
+def loop_qe(Q, X, n, alpha, include_query=True):
     out = []
     for q in Q:
         sims = X @ q
         order = sorted(range(len(X)), key=lambda i: (-sims[i], i))
-        v = q.copy()
+        v = q.copy() if include_query or n == 0 else np.zeros_like(q)
         for i in order[:n]:
             v = v + max(sims[i], 0.0) ** alpha * X[i]
         out.append(v / np.linalg.norm(v))
@@ -65,6 +65,13 @@ def test_alpha_qe_matches_loop(n, alpha):
     np.testing.assert_allclose(got, loop_qe(Q, X, n, alpha), rtol=1e-12, atol=1e-12)
     new = qe_ranks(torch.from_numpy(Q), torch.from_numpy(X), None, n, alpha).numpy()
     np.testing.assert_array_equal(new, loop_ranks(loop_qe(Q, X, n, alpha), X))
+
+
+def test_alpha_qe_without_query_matches_loop():
+    Q, X = random_data(seed=7)
+    ranks = torch.from_numpy(loop_ranks(Q, X))
+    got = alpha_qe(torch.from_numpy(Q), torch.from_numpy(X), ranks, 3, 3.0, include_query=False).numpy()
+    np.testing.assert_allclose(got, loop_qe(Q, X, 3, 3.0, include_query=False), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k,alpha,chunk", [(2, 3.0, 1024), (3, 2.0, 7), (0, 3.0, 5), (40, 3.0, 8)])
