@@ -9,6 +9,7 @@ Files are read with `torch.load(weights_only=True)`: loading never executes code
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,18 +36,29 @@ def checkpoint_path(weights, depth):
     return path
 
 
+def _reason(error):
+    """The informative line of a torch.load error (torch wraps it in paragraphs of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"GLOBAL|Unsupported|unsupported", line) and not line.startswith("Weights only load failed"):
+            return re.sub(r"^.*WeightsUnpickler error:\s*", "", line)[:160]
+    return lines[0][:160] if lines else type(error).__name__
+
+
 def read_state_dict(path):
     """The tensors of a checkpoint file, without running any code it may contain."""
     if path.stat().st_size == 0:
         raise UserError(f"weights file is empty: {path}: {WEIGHTS_URL_HINT}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about foreign pickles: the error says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
-        raise UserError(f"refusing to load {path}: it is not a plain tensor checkpoint ({first[:160]})") from None
+        raise UserError(f"refusing to load {path}: it is not a plain tensor checkpoint ({_reason(error)}); "
+                        "loading it could run code") from None
     except Exception as error:  # torch raises many types on foreign or damaged bytes
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read weights {path}: truncated or not a PyTorch checkpoint ({reason})") from None
+        raise UserError(f"cannot read weights {path}: truncated or not a PyTorch checkpoint "
+                        f"({_reason(error)})") from None
     state = checkpoint.get("model_state", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} holds no state dict (expected {{'model_state': ...}} or a bare state dict)")

@@ -34,6 +34,7 @@ DOWNLOAD_HINT = "download it from the revisitop project's data page (http://cmp.
 DATASETS: dict[str, dict[str, str]] = {
     "roxford5k": {"ext": ".jpg", "qext": ".jpg"},
     "rparis6k": {"ext": ".jpg", "qext": ".jpg"},
+    "demo": {"ext": ".jpg", "qext": ".jpg"},  # demo/make_benchmark.py (docs/demo.md)
 }
 
 REQUIRED_KEYS = ("imlist", "qimlist", "gnd")
@@ -228,6 +229,9 @@ def validate_gnd(raw, path) -> tuple[list[str], list[str], list[dict]]:
         raise _invalid(path, f"missing key(s) {missing}")
     imlist = _check_names(raw, "imlist", path)
     qimlist = _check_names(raw, "qimlist", path)
+    for key, names in (("imlist", imlist), ("qimlist", qimlist)):
+        if not names:  # nothing to search or nothing to evaluate: stop before any extraction
+            raise _invalid(path, f"'{key}' is empty (no {'database' if key == 'imlist' else 'query'} images)")
     gnd_raw = raw["gnd"]
     if not isinstance(gnd_raw, (list, tuple)):
         raise _invalid(path, f"'gnd' must be a list of per-query dicts, got {type(gnd_raw).__name__}")

@@ -1,6 +1,7 @@
 """Image loading exactly as the official SuperGlobal / CVNet test loader does it.
 
-``cv2.imread`` (default flag: 3-channel BGR uint8; grayscale and alpha images are converted),
+``cv2.imread`` (default flag: 3-channel BGR uint8; grayscale, alpha, CMYK and 16-bit images are
+converted, EXIF orientation is applied), refusing what it would silently damage (a truncated JPEG),
 optional query crop ``im[int(y1):int(y2), int(x1):int(x2)]``, then in float32:
 ``im / 255.0``, per channel ``(im - mean[c]) / std[c]`` (BGR order), HWC -> CHW. No resizing.
 """
@@ -22,6 +23,16 @@ MEAN_BGR = np.array([0.406, 0.456, 0.485], dtype=np.float32)
 STD_BGR = np.array([0.225, 0.224, 0.229], dtype=np.float32)
 
 
+def jpeg_truncated(path: str | os.PathLike) -> bool:
+    """True for a JPEG (starts with FFD8) with no end-of-image marker FFD9 after its last
+    start-of-scan FFDA. OpenCV decodes such files with a warning, filling the rest with gray."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    return data.rfind(b"\xff\xd9") <= data.rfind(b"\xff\xda")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """``cv2.imread(path)``: HxWx3 uint8 BGR. UserError naming the path if it cannot be read."""
     path = os.fspath(path)
@@ -31,6 +42,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read image {path}: not a regular file; check the dataset directory")
     if os.path.getsize(path) == 0:
         raise UserError(f"cannot read image {path}: file is empty (0 bytes); download it again")
+    if jpeg_truncated(path):  # OpenCV would decode it with a warning, the missing part gray
+        raise UserError(f"cannot read image {path}: truncated JPEG (no end-of-image marker after the last "
+                        "scan); download it again")
     im = cv2.imread(path)
     if im is None:
         raise UserError(f"cannot read image {path}: OpenCV could not decode it (corrupt or not an "

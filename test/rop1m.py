@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 from errors import UserError
 from model.fingerprint import fingerprint_differences
 from test.extract import extract_features
-from test.images import load_image
+from test.images import jpeg_truncated, load_image  # noqa: F401 (jpeg_truncated: re-exported)
 
 LIST_NAME = "revisitop1m.txt"
 RUN_FORMAT = "superglobal-rop1m-run/1"
@@ -110,24 +110,12 @@ def require_some_images(image_list, count=PROBE_ENTRIES):
                         f"(first: {head[0]}): check --data-dir and that the image archives are unpacked")
 
 
-def jpeg_truncated(path):
-    """True for a JPEG (starts with FFD8) with no end-of-image marker FFD9 after its last
-    start-of-scan FFDA. OpenCV decodes such files with a warning, filling the rest with gray."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if not data.startswith(b"\xff\xd8"):
-        return False
-    return data.rfind(b"\xff\xd9") <= data.rfind(b"\xff\xda")
-
-
 def load_entry(root, entry):
     """One list entry, loaded exactly as test/images.load_image does; UserError whose message is
     the reason (without the path) when it is missing, empty, truncated or not decodable."""
     path = resolve_entry(root, entry)
     if not os.path.exists(path):
         raise UserError(f"file does not exist (neither {IMAGE_DIR}/{entry} nor {entry} under the data directory)")
-    if os.path.isfile(path) and jpeg_truncated(path):
-        raise UserError("truncated JPEG (no end-of-image marker after the last scan); download it again")
     try:
         return load_image(path)
     except UserError as error:

@@ -1,0 +1,116 @@
+"""Faults: bad TEST.WEIGHTS, through `python test.py` as a user runs it.
+
+Unit-level variants of most cases are in tests/test_checkpoint.py; here every case goes through the
+entry point: exit 2, one `error:` line naming the file, no traceback, and nothing written to OUT_DIR
+(log.txt may exist empty: test.py creates it first to check OUT_DIR is writable, and writes its
+header only once the weights have loaded, so a refused checkpoint leaves no log lines).
+"""
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.resnet import ResNet
+from tests.faults_common import (WEIGHTS_NAME, assert_nothing_written, base_args, entry, error_line,  # noqa: F401 (fixture)
+                                 make_workspace, shared_weights)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults_weights_ws")
+    make_workspace(root, tmp_path_factory)
+    return root
+
+
+class _MakeFile:
+    """Unpickling this calls os.mkdir(target): proof that code ran."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def r101_like(path):
+    """A checkpoint with the R101 key names and shapes but one shared zero per tensor (a few KB
+    instead of 170 MB): enough for the depth check, which looks at the keys."""
+    state = {"encoder_q." + k: torch.zeros(()).expand(v.shape) for k, v in ResNet(101).state_dict().items()}
+    torch.save({"model_state": state}, path)
+
+
+def make_weights(case, tmp_path, marker, real):
+    """(TEST.WEIGHTS value, MODEL.DEPTH, fragments the error must contain)."""
+    if case == "missing":
+        return tmp_path / "nowhere.pyth", 50, ["weights not found", tmp_path / "nowhere.pyth", "TEST.WEIGHTS"]
+    if case == "dir_without_file":
+        folder = tmp_path / "wdir"
+        folder.mkdir()
+        (folder / "CVPR2022_CVNet_R101.pyth").write_bytes(b"x")
+        return folder, 50, [f"no {WEIGHTS_NAME} in {folder}", "CVPR2022_CVNet_R101.pyth"]
+    if case == "truncated":
+        path = tmp_path / "cut.pyth"
+        with open(real, "rb") as src:
+            path.write_bytes(src.read(real.stat().st_size // 3))
+        return path, 50, [path, "truncated"]
+    if case == "zero_bytes":
+        path = tmp_path / "empty.pyth"
+        path.write_bytes(b"")
+        return path, 50, [path, "empty"]
+    if case == "not_a_checkpoint":
+        path = tmp_path / "notes.pyth"
+        path.write_text("these are not weights\n")
+        return path, 50, [path, "not a PyTorch checkpoint"]
+    if case == "tensor_not_state_dict":
+        path = tmp_path / "tensor.pyth"
+        torch.save(torch.zeros(3), path)
+        return path, 50, [path, "holds no state dict"]
+    if case == "r101_as_depth_50":
+        path = tmp_path / "r101.pyth"
+        r101_like(path)
+        return path, 50, [path, "look like ResNet-101 but MODEL.DEPTH is 50", "MODEL.DEPTH 101"]
+    if case == "r50_as_depth_101":
+        return real, 101, [real, "look like ResNet-50 but MODEL.DEPTH is 101", "MODEL.DEPTH 50"]
+    if case == "torch_payload":  # a torch.save zip whose pickle would call os.mkdir
+        path = tmp_path / "evil.pyth"
+        torch.save({"model_state": {"x": torch.zeros(1)}, "extra": _MakeFile(str(marker))}, path)
+        return path, 50, [path, "refusing"]
+    if case == "plain_pickle_payload":  # not even a torch file: a bare pickle
+        path = tmp_path / "evil.pkl"
+        path.write_bytes(pickle.dumps({"model_state": _MakeFile(str(marker))}))
+        return path, 50, [path, "refusing"]
+    raise AssertionError(case)
+
+
+CASES = ["missing", "dir_without_file", "truncated", "zero_bytes", "not_a_checkpoint", "tensor_not_state_dict",
+         "r101_as_depth_50", "r50_as_depth_101", "torch_payload", "plain_pickle_payload"]
+SUBPROCESS_CASES = {"missing", "torch_payload"}  # the others run main() in-process (faults_common)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_weights_stop_with_one_line(ws, tmp_path, tmp_path_factory, entry, case):
+    marker = tmp_path / "payload_ran"
+    weights, depth, fragments = make_weights(case, tmp_path, marker, shared_weights(tmp_path_factory))
+    assert not marker.exists()
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", weights, "MODEL.DEPTH", depth, cwd=tmp_path,
+                 subprocess=case in SUBPROCESS_CASES)
+    error_line(done, *fragments)
+    assert not marker.exists(), "unpickling ran the payload"
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("prefix", ["module."])
+def test_other_key_prefix_loads(ws, tmp_path, tmp_path_factory, entry, prefix):
+    state = torch.load(shared_weights(tmp_path_factory), map_location="cpu", weights_only=True)["model_state"]
+    renamed = {(prefix + k[len("encoder_q."):] if k.startswith("encoder_q.") else k): v for k, v in state.items()}
+    path = tmp_path / "renamed.pth"
+    torch.save(renamed, path)  # a bare state dict, too
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", path, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    log = (out / "log.txt").read_text()
+    assert f"weights={path}" in log and log.count("Retrieval results: mAP E: ") == 1
