@@ -80,6 +80,35 @@ def bench_extraction(device, depth, scale_list, batch_size, precision, n_images,
             "images": batches * batch_size, "images_per_s": batches * batch_size / seconds}
 
 
+def bench_precision_agreement(device, n_images=4, size=(384, 512)):
+    """Cosine between reduced-precision and fp32 descriptors of generated photos-like images
+    (a calibrated random ResNet-50, as in the tests: real CVNet weights are not available here)."""
+    import numpy as np
+
+    from config import get_cfg_defaults
+    from model.superglobal import build_descriptor
+    from test.extract import autocast_context
+    from tests.synthetic import random_resnet, textured_image
+
+    descriptor = build_descriptor(get_cfg_defaults())
+    descriptor.backbone.load_state_dict(random_resnet(50, seed=0).state_dict())
+    descriptor.to(device)
+    rng = np.random.default_rng(0)
+    images = torch.stack([torch.from_numpy((textured_image(size[1], size[0], rng, i).transpose(2, 0, 1)
+                                            .astype(np.float32) / 255 - 0.45) / 0.225) for i in range(n_images)])
+    images = images.to(device)
+    rows = []
+    with torch.inference_mode():
+        reference = descriptor(images).float()
+        for precision in (["bf16", "fp16"] if device.type == "cuda" else ["bf16"]):
+            with autocast_context(device, precision):
+                reduced = descriptor(images).float()
+            cosine = (reduced * reference).sum(1) / reduced.norm(dim=1)
+            rows.append({"precision": precision, "min_cosine_to_fp32": cosine.min().item(),
+                         "mean_cosine_to_fp32": cosine.mean().item()})
+    return rows
+
+
 # --------------------------------------------------------------------------- reranking
 
 def _rerank_inputs(nq, n, dim, device, seed=0):
@@ -179,6 +208,9 @@ def main():
                     print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
         report["extraction_1024x768"] = rows
         print("\nExtraction, 1024x768 images\n" + table(rows, list(rows[0])))
+        agreement = bench_precision_agreement(device)
+        report["precision_agreement"] = agreement
+        print("\nReduced precision vs fp32 descriptors\n" + table(agreement, list(agreement[0])))
 
     if "rerank" not in args.skip:
         nq, n, dim, M, K = 70, 6322, 2048, 400, 9
