@@ -53,19 +53,26 @@ class FeatureCache:
 
     def store(self, entry, features, note):
         """Write atomically; a cache that cannot be written only costs speed, so errors are returned."""
-        tmp = entry.with_name(entry.name + f".{os.getpid()}.tmp")
+        note_path = entry.with_suffix(".json")
+        temps = [path.with_name(path.name + f".{os.getpid()}.tmp") for path in (entry, note_path)]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
+            with open(temps[0], "wb") as handle:
                 np.save(handle, features)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, entry)
-            note_path = entry.with_suffix(".json")
-            note_path.write_text(json.dumps({**note, "fingerprint": self.fingerprint}, indent=1))
+            with open(temps[1], "w") as handle:  # the note too: never half a JSON file under its name
+                handle.write(json.dumps({**note, "fingerprint": self.fingerprint}, indent=1))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temps[0], entry)
+            os.replace(temps[1], note_path)
         except OSError as error:
-            if tmp.is_file():
-                tmp.unlink()
+            for tmp in temps:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
             return f"feature cache not written ({entry}): {error.strerror}"
         return None
 

@@ -58,18 +58,13 @@ def edit(raw, case, marker):
     if case == "bbx_negative":
         raw["gnd"][0]["bbx"] = [-4.0, 1.0, 10.0, 9.0]
         return raw, ["gnd[0]['bbx']", "negative"]
-    if case == "empty_imlist":
-        raw["imlist"] = []
-        for g in raw["gnd"]:
-            g["easy"], g["hard"], g["junk"] = [], [], []
-        return raw, ["'imlist' is empty"]
     if case == "not_a_dict":
         return [raw], ["expected a dict"]
     raise AssertionError(case)
 
 
 GND_CASES = ["code_payload", "missing_top_key", "missing_query_key", "index_out_of_range", "negative_index",
-             "bbx_empty_after_int", "bbx_negative", "empty_imlist", "not_a_dict"]
+             "bbx_empty_after_int", "bbx_negative", "not_a_dict"]
 
 
 def dataset_copy(ws, tmp_path):
