@@ -21,13 +21,13 @@ _C = CfgNode()
 cfg = _C
 
 _C.MODEL = CfgNode()
-_C.MODEL.TYPE = "RESNET"  # backbone family: RESNET (the CVNet ResNet)
+_C.MODEL.TYPE = "RESNET"  # backbone: RESNET (the CVNet ResNet) or EFFICIENTNET_LITE0 (ImageNet demo model, docs/demo.md)
 _C.MODEL.DEPTH = 50  # ResNet depth of the CVNet backbone: 50 or 101
 _C.MODEL.HEADS = CfgNode()
-_C.MODEL.HEADS.REDUCTION_DIM = 2048  # output dimension of head.fc (CVNet: 2048)
+_C.MODEL.HEADS.REDUCTION_DIM = 2048  # output dimension of head.fc (CVNet: 2048; EFFICIENTNET_LITE0 ignores it: 1280)
 
 _C.TEST = CfgNode()
-_C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth
+_C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth (EFFICIENTNET_LITE0: auto = the packaged file)
 _C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
 _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets to evaluate, in order
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
@@ -38,6 +38,8 @@ _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_
 _C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
 _C.TEST.CACHE_DIR = ""  # feature cache directory; empty means <OUT_DIR>/feature_cache
 _C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (at least SupG.M)
+_C.TEST.VIS_QUERIES = 0  # write pictures of the top results of the first N queries to <OUT_DIR>/pictures/<dataset>/
+_C.TEST.VIS_TOPK = 8  # results per row in those pictures (before and after reranking)
 
 _C.SupG = CfgNode()
 _C.SupG.gemp = True  # GeM+: GeM with fixed power SupG.gemp_p instead of the learned one
@@ -63,7 +65,7 @@ _C.OUT_DIR = "."  # where log.txt (appended) and saved features go
 _SCALES = {1: [1.0], 3: [0.7071, 1.0, 1.4142], 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]}
 
 _CHOICES = {
-    "MODEL.TYPE": ["RESNET"],
+    "MODEL.TYPE": ["RESNET", "EFFICIENTNET_LITE0"],
     "MODEL.DEPTH": [50, 101],
     "TEST.SCALE_LIST": sorted(_SCALES),
     "TEST.PRECISION": ["fp32", "bf16", "fp16"],
@@ -195,6 +197,8 @@ def validate(config):
         ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 1, "an integer >= 1"),
         ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= 0, "an integer >= 0"),
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
+        ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
+        ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
         ("DEVICE", re.fullmatch(r"auto|cpu|cuda(:\d+)?", flat["DEVICE"]) is not None,
          "auto, cpu, cuda or cuda:N"),
     ]

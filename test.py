@@ -18,7 +18,8 @@ from config import describe_keys, load_cfg_from_args, scales_of
 from errors import UserError
 from model.checkpoint import load_weights
 from model.fingerprint import descriptor_fingerprint
-from model.superglobal import build_descriptor
+from model.efficientnet_lite import load_lite0_weights
+from model.superglobal import build_descriptor, descriptor_dim
 from modules.reranking import rerank
 from test.distractors import load_distractors
 from test.evaluate import evaluate_revisitop, format_results
@@ -27,6 +28,7 @@ from test.feature_cache import FeatureCache
 from test.gnd import load_gnd, protocols
 from test.images import RevisitopImages, require_images
 from test.search import rank_by_similarity
+from test.visualize import write_pictures
 from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
                             wanted_from_protocols)
 
@@ -66,7 +68,8 @@ class RunLog:
 def config_summary(cfg, device):
     supg = cfg.SupG
     flags = " ".join(f"{k}={supg[k]}" for k in ("gemp", "rgem", "sgem", "relup", "rerank", "onemeval"))
-    return (f"config: MODEL.DEPTH={cfg.MODEL.DEPTH} scales={scales_of(cfg.TEST.SCALE_LIST)} {flags} "
+    model = f"MODEL.DEPTH={cfg.MODEL.DEPTH}" if cfg.MODEL.TYPE == "RESNET" else f"MODEL.TYPE={cfg.MODEL.TYPE}"
+    return (f"config: {model} scales={scales_of(cfg.TEST.SCALE_LIST)} {flags} "
             f"(gemp_p={supg.gemp_p} rgem_p={supg.rgem_p} rgem_size={supg.rgem_size} "
             f"relup_alpha={supg.relup_alpha} relup_stage1_quirk={supg.relup_stage1_quirk} "
             f"M={supg.M} K={supg.K} beta={supg.beta}) precision={cfg.TEST.PRECISION} device={device}")
@@ -110,6 +113,10 @@ def evaluate_dataset(descriptor, cfg, device, cache, distractors, gnd, log):
     else:
         ranks_global, ranks, results = search_with_1m(cfg, Qt, Xt, distractors, protocols(gnd["gnd"]))
     log.write(*format_results(results))
+    if cfg.TEST.VIS_QUERIES:
+        folder = write_pictures(Path(cfg.OUT_DIR) / "pictures" / name, gnd, Q, X, ranks_global, ranks,
+                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK, reranked=cfg.SupG.rerank)
+        log.write(f"pictures of {min(cfg.TEST.VIS_QUERIES, len(Q))} queries: {folder / 'index.html'}")
     if cfg.TEST.SAVE_FEATURES:
         save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X, ranks_global=ranks_global, ranks=ranks,
                       mapE=results["E"]["map"], mapM=results["M"]["map"], mapH=results["H"]["map"])
@@ -140,7 +147,7 @@ def open_distractors(cfg, fingerprint, log):
     path = cfg.SupG.distractors_path or f"./feats_1m_RN{cfg.MODEL.DEPTH}.pth"
     distractors, info = load_distractors(path, expected_fingerprint=fingerprint,
                                          check=cfg.SupG.distractors_check,
-                                         dim=cfg.MODEL.HEADS.REDUCTION_DIM)
+                                         dim=descriptor_dim(cfg))
     log.write(info.describe())
     return distractors
 
@@ -152,7 +159,10 @@ def run(cfg, argv):
     for gnd in ground_truths:
         require_images(gnd["query_paths"] + gnd["db_paths"], gnd["dataset"])
     descriptor = build_descriptor(cfg)
-    weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
+        weights = load_lite0_weights(descriptor.backbone, cfg.TEST.WEIGHTS)
+    else:
+        weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
     descriptor.to(device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import scales_of
+from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0
 from model.resnet import ResNet
 from modules.coarse_retrieval import GeMPlus, RegionalGeM, ScaleGeM
 
@@ -57,10 +58,23 @@ class SuperGlobalDescriptor(nn.Module):
         return F.normalize(F.normalize(combined, p=2, dim=-1), p=2, dim=-1)
 
 
+def descriptor_dim(cfg):
+    """Length of the global descriptor of cfg.MODEL.TYPE."""
+    return LITE0_DIM if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0" else cfg.MODEL.HEADS.REDUCTION_DIM
+
+
+def build_backbone(cfg):
+    """The backbone of cfg.MODEL.TYPE, untrained. A backbone returns its last feature map and has a
+    `head` with `pool` (the pooling used without GeM+) and `fc` (applied to the L2-normalised pool)."""
+    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
+        return EfficientNetLite0(relup=cfg.SupG.relup, relup_alpha=cfg.SupG.relup_alpha)
+    return ResNet(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM, relup=cfg.SupG.relup,
+                  relup_alpha=cfg.SupG.relup_alpha, stage1_quirk=cfg.SupG.relup_stage1_quirk)
+
+
 def build_descriptor(cfg):
     """The descriptor network that `cfg` describes, in eval mode, with untrained weights."""
-    backbone = ResNet(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM, relup=cfg.SupG.relup,
-                      relup_alpha=cfg.SupG.relup_alpha, stage1_quirk=cfg.SupG.relup_stage1_quirk)
+    backbone = build_backbone(cfg)
     descriptor = SuperGlobalDescriptor(backbone, scales_of(cfg.TEST.SCALE_LIST), cfg.SupG.gemp,
                                        cfg.SupG.rgem, cfg.SupG.sgem, cfg.SupG.gemp_p, cfg.SupG.rgem_p,
                                        cfg.SupG.rgem_size)
