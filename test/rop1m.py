@@ -426,7 +426,15 @@ def save_tensor(path, features):
     torch.save names the archive inside after the file (here a temporary name), so the bytes would
     differ from run to run; through a handle the archive is always "archive" and the bytes depend
     only on the tensor."""
-    atomic_write(path, lambda handle: torch.save(torch.from_numpy(features), handle))
+    def write(handle):
+        try:
+            torch.save(torch.from_numpy(features), handle)
+        except RuntimeError as error:  # torch wraps the handle's OSError (e.g. disk full) in a RuntimeError
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
+
+    atomic_write(path, write)
 
 
 def merge(workdir, output):
