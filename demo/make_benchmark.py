@@ -9,7 +9,8 @@ made and how much of every query region it keeps). Everything follows from the s
 Photos (CC0 / public domain, shipped inside scikit-image): each LANDMARKS photo is a "landmark" with
 QUERIES_PER_LANDMARK queries; a query is the photo with a box (`bbx`) around a region of it. Each photo
 (landmarks and DISTRACTORS) gets database "views": a random crop, rotation, perspective warp and
-scale change (one homography), sometimes a grey occluder, a colour change and JPEG re-encoding.
+scale change (one homography) to a fixed VIEW_SIZE, sometimes a grey occluder and blur, a contrast,
+brightness and saturation change (sometimes to grey) and JPEG re-encoding at quality 20-95.
 
 Grading (per query and view of its own photo), from `kept` = the fraction of the query box's pixels
 that appear in the view (inside the warped crop and not under the occluder):
@@ -32,9 +33,10 @@ import numpy as np
 
 LANDMARKS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble_deep_field"]
 DISTRACTORS = ["immunohistochemistry", "retina", "colorwheel", "camera", "coins", "moon", "clock", "brick",
-               "grass", "gravel"]
+               "grass", "gravel", "cell", "page"]
 QUERIES_PER_LANDMARK = 2
-BASE_SIDE = 320  # photos are first resized so that their longer side has this many pixels
+BASE_SIDE = 256  # photos are first resized so that their longer side has this many pixels
+VIEW_SIZE = (192, 144)  # database views: width x height (or height x width)
 JUNK_BELOW, EASY_FROM = 0.25, 0.6
 
 
@@ -61,39 +63,41 @@ def query_box(rng, width, height):
 
 
 def random_view(rng, photo):
-    """One database view of `photo`: (image, homography photo->view, occluder box or None, params)."""
+    """One database view of `photo`: (image, homography photo->view, occluder box or None, params).
+
+    Views are VIEW_SIZE (landscape) or its transpose, so they batch together and extract fast."""
     h, w = photo.shape[:2]
+    ow, oh = VIEW_SIZE if rng.random() < 0.6 else VIEW_SIZE[::-1]
     side = rng.uniform(0.3, 1.0)
-    cw, ch = side * w * rng.uniform(0.85, 1.15), side * h * rng.uniform(0.85, 1.15)
-    cw, ch = min(cw, w), min(ch, h)
+    ch = side * h
+    cw = ch * ow / oh
+    if cw > w:
+        cw, ch = w, w * oh / ow
     cx, cy = rng.uniform(cw / 2, w - cw / 2), rng.uniform(ch / 2, h - ch / 2)
-    angle = float(rng.choice([0.0, rng.uniform(-60, 60)], p=[0.4, 0.6]))
-    persp = float(rng.choice([0.0, rng.uniform(0.02, 0.25)], p=[0.5, 0.5]))
+    angle = float(rng.choice([0.0, rng.uniform(-75, 75)], p=[0.4, 0.6]))
+    persp = float(rng.choice([0.0, rng.uniform(0.02, 0.3)], p=[0.5, 0.5]))
     corners = np.array([[-cw / 2, -ch / 2], [cw / 2, -ch / 2], [cw / 2, ch / 2], [-cw / 2, ch / 2]])
     corners += rng.uniform(-persp, persp, size=(4, 2)) * [cw, ch]
     t = np.deg2rad(angle)
     rotation = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     source = (corners @ rotation.T + [cx, cy]).astype(np.float32)
-    out_side = rng.uniform(128, 288)
-    ow, oh = (out_side, out_side * ch / cw) if cw >= ch else (out_side * cw / ch, out_side)
-    ow, oh = max(32, round(ow)), max(32, round(oh))
     target = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
     homography = cv2.getPerspectiveTransform(source, target)
     view = cv2.warpPerspective(photo, homography, (ow, oh), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
     occluder = None
     if rng.random() < 0.5:
-        a = rng.uniform(0.1, 0.45)
+        a = rng.uniform(0.1, 0.5)
         ow_, oh_ = round(ow * np.sqrt(a)), round(oh * np.sqrt(a))
         ox, oy = int(rng.integers(0, ow - ow_ + 1)), int(rng.integers(0, oh - oh_ + 1))
         occluder = [ox, oy, ox + ow_, oy + oh_]
         view[oy:oy + oh_, ox:ox + ow_] = rng.integers(90, 170)
-    blur = float(rng.choice([0.0, rng.uniform(0.5, 2.0)], p=[0.6, 0.4]))
+    blur = float(rng.choice([0.0, rng.uniform(0.5, 2.5)], p=[0.6, 0.4]))
     if blur:
         view = cv2.GaussianBlur(view, (0, 0), blur)
     contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(-40, 40)
     view = np.clip(view.astype(np.float32) * contrast + brightness, 0, 255)
-    saturation = rng.uniform(0.3, 1.5)
+    saturation = rng.uniform(0.3, 1.5) if rng.random() < 0.85 else 0.0
     grey = view.mean(-1, keepdims=True)
     view = np.clip(grey + saturation * (view - grey), 0, 255).astype(np.uint8)
     params = {"homography": homography.tolist(), "angle": round(angle, 2), "perspective": round(persp, 3),

@@ -9,6 +9,7 @@ pictures of the first queries (<out-dir>/pictures/demo/index.html).
 """
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def command(data_dir, out_dir, name, switches, extra=()):
     flags = {**OFF, **{s: True for s in switches}}
     return [sys.executable, str(ROOT / "test.py"), "MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", "auto",
             "TEST.DATA_DIR", str(data_dir), "TEST.DATASET_LIST", name, "OUT_DIR", str(out_dir),
-            "TEST.NUM_WORKERS", "0", "TEST.BATCH_SIZE", "1",
+            "TEST.NUM_WORKERS", "0", "TEST.BATCH_SIZE", "16",
             *[item for k, v in flags.items() for item in (f"SupG.{k}", str(v))], *extra]
 
 
@@ -56,14 +57,14 @@ def main():
     parser.add_argument("--name", default="demo")
     parser.add_argument("--pictures", type=int, default=4, help="queries to draw in the last row")
     args = parser.parse_args()
-    out_dir = Path(args.out_dir)
+    out_dir, data_dir = Path(args.out_dir).resolve(), Path(args.data_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "log.txt"
-    start = time.time()
+    start, cpu_start = time.time(), os.times()
     results = []
     for i, (row, switches) in enumerate(ROWS):
         extra = ["TEST.VIS_QUERIES", str(args.pictures)] if i == len(ROWS) - 1 and args.pictures else []
-        line = command(args.data_dir, out_dir, args.name, switches, extra)
+        line = command(data_dir, out_dir, args.name, switches, extra)
         print(f"[{i + 1}/{len(ROWS)}] {row}: python test.py {' '.join(line[2:])}", flush=True)
         before = log.stat().st_size if log.exists() else 0
         done = subprocess.run(line, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -75,8 +76,10 @@ def main():
             results.append((row, parse_map(handle.read())))
         print(f"      mAP E/M/H: {results[-1][1][0]:.2f} / {results[-1][1][1]:.2f} / {results[-1][1][2]:.2f}",
               flush=True)
-    print(f"\nEfficientNet-Lite0 (ImageNet) on the '{args.name}' benchmark, mAP (%), "
-          f"{time.time() - start:.0f} s:\n")
+    cpu = os.times()
+    cpu_s = cpu.children_user + cpu.children_system - cpu_start.children_user - cpu_start.children_system
+    print(f"\nEfficientNet-Lite0 (ImageNet) on the '{args.name}' benchmark, mAP (%); "
+          f"{time.time() - start:.0f} s wall, {cpu_s:.0f} s CPU:\n")
     print(format_table(results))
     if args.pictures:
         print(f"\npictures: {out_dir / 'pictures' / args.name / 'index.html'}")
