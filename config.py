@@ -21,13 +21,13 @@ _C = CfgNode()
 cfg = _C
 
 _C.MODEL = CfgNode()
-_C.MODEL.TYPE = "RESNET"  # backbone: RESNET (the CVNet ResNet) or EFFICIENTNET_LITE0 (ImageNet demo model, docs/demo.md)
+_C.MODEL.TYPE = "RESNET"  # backbone: RESNET (the CVNet ResNet) or EFFICIENTNET_LITE0 (demo model, docs/demo.md)
 _C.MODEL.DEPTH = 50  # ResNet depth of the CVNet backbone: 50 or 101
 _C.MODEL.HEADS = CfgNode()
 _C.MODEL.HEADS.REDUCTION_DIM = 2048  # output dimension of head.fc (CVNet: 2048; EFFICIENTNET_LITE0 ignores it: 1280)
 
 _C.TEST = CfgNode()
-_C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth (EFFICIENTNET_LITE0: auto = the packaged file)
+_C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file or a directory holding CVPR2022_CVNet_R{depth}.pyth (Lite0: auto)
 _C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
 _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets to evaluate, in order
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
@@ -45,7 +45,7 @@ _C.SupG = CfgNode()
 _C.SupG.gemp = True  # GeM+: GeM with fixed power SupG.gemp_p instead of the learned one
 _C.SupG.rgem = True  # Regional-GeM on the last feature map before pooling
 _C.SupG.sgem = True  # Scale-GeM: max over L2-normalised per-scale descriptors (else their mean)
-_C.SupG.relup = True  # ReLU+: clamp at SupG.relup_alpha after the residual addition of stages 1-3 (EFFICIENTNET_LITE0: head activation)
+_C.SupG.relup = True  # ReLU+: clamp at SupG.relup_alpha after the residual addition of stages 1-3 (Lite0: head)
 _C.SupG.rerank = True  # SuperGlobal reranking of the top SupG.M
 _C.SupG.onemeval = False  # add the R1M distractor features of SupG.distractors_path
 _C.SupG.gemp_p = 4.6  # GeM+ power
