@@ -13,6 +13,7 @@ import difflib
 import re
 from pathlib import Path
 
+import yaml
 from yacs.config import CfgNode
 
 from errors import UserError
@@ -232,8 +233,9 @@ def load_cfg_from_args(args, description="SuperGlobal"):
             raise UserError(f"config file not found: {path}")
         try:
             config.merge_from_file(str(path))
-        except (KeyError, ValueError, AssertionError) as error:
-            raise UserError(f"bad config file {path}: {str(error).splitlines()[0]}") from None
+        except (KeyError, ValueError, AssertionError, yaml.YAMLError, OSError, UnicodeDecodeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"bad config file {path}: {first}") from None
         del args[at:at + 2]
     merge_from_args(config, args)
     config.freeze()

@@ -59,10 +59,13 @@ class RunLog:
     def write(self, *lines):
         for line in lines:
             print(line, flush=True)
-        with open(self.path, "a") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "a") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise UserError(f"cannot write {self.path} (OUT_DIR): {error.strerror}") from None
 
 
 def config_summary(cfg, device):

@@ -87,8 +87,6 @@ def test_unwritable_feature_cache_only_warns(ws, tmp_path, entry, problem):
         assert files(cache) == []  # no entry, no note, no temporary file
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="test.py RunLog.write lets OSError (ENOSPC) escape: traceback, exit 1; "
-                                       "it must raise UserError(f'cannot write {self.path} (OUT_DIR): ...')")
 def test_full_out_dir_is_a_clear_error(ws, tmp_path, entry):
     with tmpfs(tmp_path / "full", fill=True) as out:
         done = entry("test.py", *base_args(ws, out=out), cwd=tmp_path, subprocess=True)
