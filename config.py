@@ -30,7 +30,9 @@ _C.MODEL.HEADS.REDUCTION_DIM = 2048  # output dimension of head.fc (CVNet: 2048;
 _C.TEST = CfgNode()
 _C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file or a directory holding CVPR2022_CVNet_R{depth}.pyth (Lite0: auto)
 _C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
-_C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets to evaluate, in order
+_C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets to evaluate, in order; custom:<folder> for your own
+_C.TEST.DESCRIPTOR = "superglobal"  # superglobal (the paper), or cvnet: CVNet's own global pipeline (CVNet-Global rows)
+_C.TEST.CVNET_UPSCALE = "cubic"  # cvnet descriptor: cv2 interpolation above scale 1, cubic (CVNet's code) or linear
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
 _C.TEST.BATCH_SIZE = 16  # images of one size per forward pass (1 = the official one-by-one)
 _C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
@@ -70,6 +72,8 @@ _CHOICES = {
     "MODEL.DEPTH": [50, 101],
     "TEST.SCALE_LIST": sorted(_SCALES),
     "TEST.PRECISION": ["fp32", "bf16", "fp16"],
+    "TEST.DESCRIPTOR": ["superglobal", "cvnet"],
+    "TEST.CVNET_UPSCALE": ["cubic", "linear"],
 }
 
 _TRUE = {"true", "1", "yes", "on"}

@@ -90,6 +90,9 @@ def make_cfg(args, opts):
             raise UserError(f"{flag} {value} contradicts {name} {node[key]}: give it once")
         node[key] = value
     validate(cfg)
+    if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.MODEL.TYPE != "RESNET":
+        raise UserError("extract_rop1m.py computes SuperGlobal descriptors on the CVNet ResNet only: "
+                        "leave TEST.DESCRIPTOR and MODEL.TYPE at their defaults")
     cfg.freeze()
     return cfg
 

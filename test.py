@@ -17,6 +17,7 @@ import torch
 from config import describe_keys, load_cfg_from_args, scales_of
 from errors import UserError
 from model.checkpoint import load_weights
+from model.cvnet_global import build_cvnet_global, extract_cvnet_global
 from model.fingerprint import descriptor_fingerprint
 from model.efficientnet_lite import load_lite0_weights
 from model.superglobal import build_descriptor, descriptor_dim
@@ -25,7 +26,8 @@ from test.distractors import load_distractors
 from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
 from test.feature_cache import FeatureCache
-from test.gnd import load_gnd, protocols
+from test.custom_dataset import load_dataset_entry
+from test.gnd import protocols
 from test.images import RevisitopImages, require_images
 from test.search import rank_by_similarity
 from test.visualize import write_pictures
@@ -89,27 +91,50 @@ def save_features(path, **arrays):
         raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
-def extract_split(descriptor, cfg, device, cache, name, paths, bboxes=None):
-    """Features of one split, from the cache when the same images were extracted the same way."""
-    def compute():
+def build_extractor(cfg, device):
+    """The descriptor network that cfg asks for, with its weights: (extract(paths, bboxes, desc), weights
+    path). `superglobal` is the paper's pipeline; `cvnet` is CVNet's own global pipeline (cv2 resizing
+    of the image, learned GeM, no SuperGlobal module), for the CVNet-Global rows."""
+    if cfg.TEST.DESCRIPTOR == "cvnet":
+        backbone = build_cvnet_global(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM)
+        weights = load_weights(backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+
+        def extract(paths, bboxes, desc):
+            return extract_cvnet_global(backbone, paths, bboxes, device, scales=scales_of(cfg.TEST.SCALE_LIST),
+                                        num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION,
+                                        upscale=cfg.TEST.CVNET_UPSCALE, desc=desc)
+        return extract, weights
+    descriptor = build_descriptor(cfg)
+    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
+        weights = load_lite0_weights(descriptor.backbone, cfg.TEST.WEIGHTS)
+    else:
+        weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    descriptor.to(device)
+
+    def extract(paths, bboxes, desc):
         return extract_features(descriptor, RevisitopImages(paths, bboxes), device,
                                 batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.TEST.NUM_WORKERS,
-                                precision=cfg.TEST.PRECISION, desc=name)
+                                precision=cfg.TEST.PRECISION, desc=desc)
+    return extract, weights
 
+
+def extract_split(extract, cache, name, paths, bboxes=None):
+    """Features of one split, from the cache when the same images were extracted the same way."""
     if cache is None:
-        return compute()
-    features, hit = cache.get_or_compute(name.replace(" ", "_"), paths, bboxes, compute)
+        return extract(paths, bboxes, name)
+    features, hit = cache.get_or_compute(name.replace(" ", "_"), paths, bboxes,
+                                         lambda: extract(paths, bboxes, name))
     if hit:
         print(f"{name}: {len(paths)} features from the cache in {cache.directory}", flush=True)
     return features
 
 
-def evaluate_dataset(descriptor, cfg, device, cache, distractors, gnd, log):
+def evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log):
     name = gnd["dataset"]
-    log.write(f">> {name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with SuperGlobal")
-    Q = extract_split(descriptor, cfg, device, cache, f"{name} queries", gnd["query_paths"],
-                      [g["bbx"] for g in gnd["gnd"]])
-    X = extract_split(descriptor, cfg, device, cache, f"{name} database", gnd["db_paths"])
+    method = "CVNet-Global" if cfg.TEST.DESCRIPTOR == "cvnet" else "SuperGlobal"
+    log.write(f">> {name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with {method}")
+    Q = extract_split(extract, cache, f"{name} queries", gnd["query_paths"], [g["bbx"] for g in gnd["gnd"]])
+    X = extract_split(extract, cache, f"{name} database", gnd["db_paths"])
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     if distractors is None:
         ranks_global, ranks, results = search_database(cfg, Qt, Xt, protocols(gnd["gnd"]))
@@ -158,15 +183,10 @@ def open_distractors(cfg, fingerprint, log):
 def run(cfg, argv):
     device = resolve_device(cfg.DEVICE)
     log = RunLog(cfg.OUT_DIR)
-    ground_truths = [load_gnd(cfg.TEST.DATA_DIR, name) for name in cfg.TEST.DATASET_LIST]
+    ground_truths = [load_dataset_entry(cfg.TEST.DATA_DIR, name) for name in cfg.TEST.DATASET_LIST]
     for gnd in ground_truths:
         require_images(gnd["query_paths"] + gnd["db_paths"], gnd["dataset"])
-    descriptor = build_descriptor(cfg)
-    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
-        weights = load_lite0_weights(descriptor.backbone, cfg.TEST.WEIGHTS)
-    else:
-        weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
-    descriptor.to(device)
+    extract, weights = build_extractor(cfg, device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")
     fingerprint = descriptor_fingerprint(cfg, weights)
@@ -175,7 +195,7 @@ def run(cfg, argv):
     if cfg.TEST.CACHE:
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint)
     for gnd in ground_truths:
-        evaluate_dataset(descriptor, cfg, device, cache, distractors, gnd, log)
+        evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log)
 
 
 def main(argv=None):

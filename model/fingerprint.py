@@ -37,6 +37,8 @@ def descriptor_fingerprint(cfg, weights_path):
         "reduction_dim": cfg.MODEL.HEADS.REDUCTION_DIM,
         "scales": scales_of(cfg.TEST.SCALE_LIST),
         "precision": cfg.TEST.PRECISION,
+        "descriptor": cfg.TEST.DESCRIPTOR,
+        "cvnet_upscale": cfg.TEST.CVNET_UPSCALE if cfg.TEST.DESCRIPTOR == "cvnet" else None,
         **{key: cfg.SupG[key] for key in FEATURE_KEYS},
         "weights_sha256": weights_sha256(weights_path),
     }

@@ -178,3 +178,49 @@ def test_onemeval_with_extract_rop1m_output_and_mismatch(workspace, tmp_path):
     other = run_test_py(*common, "TEST.SCALE_LIST", "3", "OUT_DIR", str(tmp_path / "b"), cwd=tmp_path)
     assert other.returncode == 2 and "scales" in other.stderr and "SupG.distractors_check False" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+def test_custom_dataset_through_test_py(workspace, tmp_path):
+    import cv2
+
+    from tests.synthetic import textured_image
+
+    root, _ = workspace
+    folder = tmp_path / "mydata"
+    rng = np.random.default_rng(3)
+    for sub, names in (("db", ["a", "b", "c", "d"]), ("queries", ["q1", "q2"])):
+        (folder / sub).mkdir(parents=True)
+        for i, name in enumerate(names):
+            cv2.imwrite(str(folder / sub / f"{name}.jpg"), textured_image(40, 32, rng, i % 2))
+    (folder / "gt.csv").write_text("query,bbox,relevant,junk\nqueries/q1.jpg,2 3 30 25,db/a db/c,db/b\n"
+                                   "queries/q2.jpg,,db/b db/d,\n")
+    done = run_test_py("TEST.WEIGHTS", str(root / "weights"), "TEST.DATASET_LIST", f"custom:{folder}",
+                       "TEST.SCALE_LIST", "1", "TEST.NUM_WORKERS", "0", "TEST.SAVE_FEATURES", "True",
+                       "OUT_DIR", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(next((tmp_path / "out").glob("*.npz")))
+    assert saved["Q"].shape == (2, 2048) and saved["X"].shape == (4, 2048)
+    ok = [[0, 2], [1, 3]]  # database order: db/a, db/b, db/c, db/d
+    junk = [[1], []]
+    gnd = [{"ok": np.array(o), "junk": np.array(j)} for o, j in zip(ok, junk)]
+    expected = official_compute_map(saved["ranks"], gnd, [1, 5, 10])[0]
+    assert saved["mapE"] == pytest.approx(expected)
+    assert f"mAP E: {expected * 100:.2f}" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_cvnet_descriptor_matches_its_extractor(workspace, tmp_path):
+    from model.checkpoint import load_weights
+    from model.cvnet_global import build_cvnet_global, extract_cvnet_global
+
+    root, gnds = workspace
+    done = run_test_py("TEST.WEIGHTS", str(root / "weights"), "TEST.DATA_DIR", str(root / "revisitop"),
+                       "TEST.DATASET_LIST", "roxford5k", "TEST.DESCRIPTOR", "cvnet", "SupG.rerank", "False",
+                       "TEST.NUM_WORKERS", "0", "TEST.SAVE_FEATURES", "True", "OUT_DIR", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "with CVNet-Global" in (tmp_path / "log.txt").read_text()
+    backbone = build_cvnet_global(50)
+    load_weights(backbone, root / "weights")
+    folder = root / "revisitop" / "roxford5k" / "jpg"
+    paths = [str(folder / f"{name}.jpg") for name in gnds["roxford5k"]["qimlist"]]
+    direct = extract_cvnet_global(backbone, paths, [g["bbx"] for g in gnds["roxford5k"]["gnd"]])
+    np.testing.assert_allclose(np.load(tmp_path / "roxford5k.npz")["Q"], direct, rtol=1e-5, atol=1e-6)
