@@ -27,9 +27,10 @@ from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
 from test.feature_cache import FeatureCache
 from test.custom_dataset import load_dataset_entry
+from test.gldv2 import GLDv2, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
 from test.gnd import protocols
 from test.images import RevisitopImages, require_images
-from test.search import rank_by_similarity
+from test.search import rank_by_similarity, top_by_similarity
 from test.visualize import write_pictures
 from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
                             wanted_from_protocols)
@@ -99,7 +100,10 @@ def build_extractor(cfg, device):
         backbone = build_cvnet_global(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM)
         weights = load_weights(backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
 
-        def extract(paths, bboxes, desc):
+        def extract(paths, bboxes, desc, gldv2=False):
+            if gldv2:
+                raise UserError("GLDv2 datasets need TEST.DESCRIPTOR superglobal (the cvnet protocol is "
+                                "defined for revisitop-style datasets)")
             return extract_cvnet_global(backbone, paths, bboxes, device, scales=scales_of(cfg.TEST.SCALE_LIST),
                                         num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION,
                                         upscale=cfg.TEST.CVNET_UPSCALE, desc=desc)
@@ -111,19 +115,20 @@ def build_extractor(cfg, device):
         weights = load_weights(descriptor.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
     descriptor.to(device)
 
-    def extract(paths, bboxes, desc):
-        return extract_features(descriptor, RevisitopImages(paths, bboxes), device,
+    def extract(paths, bboxes, desc, gldv2=False):
+        images = GLDv2Images(paths) if gldv2 else RevisitopImages(paths, bboxes)
+        return extract_features(descriptor, images, device,
                                 batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.TEST.NUM_WORKERS,
                                 precision=cfg.TEST.PRECISION, desc=desc)
     return extract, weights
 
 
-def extract_split(extract, cache, name, paths, bboxes=None):
+def extract_split(extract, cache, name, paths, bboxes=None, gldv2=False):
     """Features of one split, from the cache when the same images were extracted the same way."""
     if cache is None:
-        return extract(paths, bboxes, name)
+        return extract(paths, bboxes, name, gldv2)
     features, hit = cache.get_or_compute(name.replace(" ", "_"), paths, bboxes,
-                                         lambda: extract(paths, bboxes, name))
+                                         lambda: extract(paths, bboxes, name, gldv2))
     if hit:
         print(f"{name}: {len(paths)} features from the cache in {cache.directory}", flush=True)
     return features
@@ -148,6 +153,35 @@ def evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log):
     if cfg.TEST.SAVE_FEATURES:
         save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X, ranks_global=ranks_global, ranks=ranks,
                       mapE=results["E"]["map"], mapM=results["M"]["map"], mapH=results["H"]["map"])
+
+
+def evaluate_gldv2_dataset(extract, cfg, device, cache, gld, log):
+    """GLDv2 retrieval: the top 100 (SuperGlobal-reranked) of the index per query, mAP@100."""
+    log.write(f">> gldv2 {gld.root}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with SuperGlobal")
+    Q = extract_split(extract, cache, "gldv2 queries", gld.query_paths, gldv2=True)
+    X = extract_split(extract, cache, "gldv2 index", gld.index_paths, gldv2=True)
+    Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
+    ranks_global = top_by_similarity(Xt, Qt, max(cfg.TEST.TOPK, cfg.SupG.M, 100))
+    ranks = ranks_global
+    if cfg.SupG.rerank:
+        ranks = rerank(Qt, Xt, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    ranks_global, ranks = ranks_global.cpu().numpy(), ranks.cpu().numpy()
+    results = evaluate_gldv2(ranks, gld)
+    log.write(format_gldv2(results))
+    if cfg.TEST.SAVE_FEATURES:
+        save_features(Path(cfg.OUT_DIR) / "gldv2.npz", Q=Q, X=X, ranks_global=ranks_global, ranks=ranks,
+                      **{f"map{name}": results[name] for name in ("Public", "Private", "All")})
+
+
+def load_entry(cfg, entry):
+    """One TEST.DATASET_LIST entry: gldv2:<root>, custom:<folder>, or a revisitop name."""
+    if entry.startswith("gldv2:"):
+        gld = load_gldv2(entry[len("gldv2:"):])
+        require_images(gld.query_paths + gld.index_paths, "gldv2")
+        return gld
+    gnd = load_dataset_entry(cfg.TEST.DATA_DIR, entry)
+    require_images(gnd["query_paths"] + gnd["db_paths"], gnd["dataset"])
+    return gnd
 
 
 def search_database(cfg, Q, X, protos):
@@ -183,9 +217,7 @@ def open_distractors(cfg, fingerprint, log):
 def run(cfg, argv):
     device = resolve_device(cfg.DEVICE)
     log = RunLog(cfg.OUT_DIR)
-    ground_truths = [load_dataset_entry(cfg.TEST.DATA_DIR, name) for name in cfg.TEST.DATASET_LIST]
-    for gnd in ground_truths:
-        require_images(gnd["query_paths"] + gnd["db_paths"], gnd["dataset"])
+    ground_truths = [load_entry(cfg, entry) for entry in cfg.TEST.DATASET_LIST]
     extract, weights = build_extractor(cfg, device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")
@@ -195,7 +227,10 @@ def run(cfg, argv):
     if cfg.TEST.CACHE:
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint)
     for gnd in ground_truths:
-        evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log)
+        if isinstance(gnd, GLDv2):
+            evaluate_gldv2_dataset(extract, cfg, device, cache, gnd, log)
+        else:
+            evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log)
 
 
 def main(argv=None):

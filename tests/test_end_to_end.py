@@ -224,3 +224,20 @@ def test_cvnet_descriptor_matches_its_extractor(workspace, tmp_path):
     paths = [str(folder / f"{name}.jpg") for name in gnds["roxford5k"]["qimlist"]]
     direct = extract_cvnet_global(backbone, paths, [g["bbx"] for g in gnds["roxford5k"]["gnd"]])
     np.testing.assert_allclose(np.load(tmp_path / "roxford5k.npz")["Q"], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_gldv2_through_test_py(workspace, tmp_path):
+    from test.gldv2 import evaluate_gldv2, format_gldv2, load_gldv2
+    from tests.test_gldv2 import write_gldv2
+
+    root, _ = workspace
+    write_gldv2(tmp_path / "gld")
+    done = run_test_py("TEST.WEIGHTS", str(root / "weights"), "TEST.DATASET_LIST", f"gldv2:{tmp_path / 'gld'}",
+                       "TEST.SCALE_LIST", "1", "TEST.NUM_WORKERS", "0", "TEST.SAVE_FEATURES", "True",
+                       "SupG.M", "4", "SupG.K", "1", "OUT_DIR", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    saved = np.load(tmp_path / "out" / "gldv2.npz")
+    gld = load_gldv2(tmp_path / "gld")
+    assert saved["Q"].shape[0] == len(gld.query_ids) and saved["X"].shape[0] == len(gld.index_ids)
+    line = format_gldv2(evaluate_gldv2(saved["ranks"], gld))
+    assert line in (tmp_path / "out" / "log.txt").read_text()
