@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from config import describe_keys, get_cfg_defaults, load_cfg_from_args, scales_of, validate
-from errors import UserError
+from errors import UserError, exit_code_of
 from model.checkpoint import checkpoint_path, load_weights
 from model.fingerprint import descriptor_fingerprint
 from model.superglobal import build_descriptor
@@ -271,13 +271,7 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return 0
-    try:
-        args, opts = parser.parse_known_args(argv)
-        run(args, opts)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: run(*parser.parse_known_args(argv)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError
+from errors import UserError, exit_code_of
 
 METHODS = {
     "none": "the initial ranking",
@@ -276,12 +276,7 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        run(parse_args(argv))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

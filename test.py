@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from config import describe_keys, load_cfg_from_args, scales_of
-from errors import UserError
+from errors import UserError, exit_code_of
 from model.checkpoint import load_weights
 from model.cvnet_global import build_cvnet_global, extract_cvnet_global
 from model.fingerprint import descriptor_fingerprint
@@ -238,13 +238,7 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(USAGE + describe_keys())
         return 0
-    try:
-        cfg = load_cfg_from_args(argv)
-        run(cfg, argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code_of(lambda: run(load_cfg_from_args(argv), argv))
 
 
 if __name__ == "__main__":
