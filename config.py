@@ -34,7 +34,7 @@ _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets in order: revisitop
 _C.TEST.DESCRIPTOR = "superglobal"  # superglobal (the paper), or cvnet: CVNet's own global pipeline (CVNet-Global rows)
 _C.TEST.CVNET_UPSCALE = "cubic"  # cvnet descriptor: cv2 interpolation above scale 1, cubic (CVNet's code) or linear
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
-_C.TEST.BATCH_SIZE = 16  # images of one size per forward pass (1 = the official one-by-one)
+_C.TEST.BATCH_SIZE = 8  # images of one size per forward pass (1 = the official one-by-one)
 _C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
 _C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA) or fp16 (CUDA) autocast
 _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs

@@ -175,7 +175,7 @@ def table(rows, columns):
 
 def _fmt(value):
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return f"{value:.6g}" if abs(value) < 100 else f"{value:.0f}"
     return "" if value is None else str(value)
 
 
