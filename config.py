@@ -40,7 +40,7 @@ _C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA
 _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs
 _C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
 _C.TEST.CACHE_DIR = ""  # feature cache directory; empty means <OUT_DIR>/feature_cache
-_C.TEST.TOPK = 400  # with onemeval: rank positions kept per query in the saved ranks (at least SupG.M)
+_C.TEST.TOPK = 400  # with onemeval or gldv2: rank positions kept per query (at least SupG.M)
 _C.TEST.VIS_QUERIES = 0  # write pictures of the top results of the first N queries to <OUT_DIR>/pictures/<dataset>/
 _C.TEST.VIS_TOPK = 8  # results per row in those pictures (before and after reranking)
 

@@ -18,22 +18,22 @@ from config import describe_keys, load_cfg_from_args, scales_of
 from errors import UserError, exit_code_of
 from model.checkpoint import load_weights
 from model.cvnet_global import build_cvnet_global, extract_cvnet_global
-from model.fingerprint import descriptor_fingerprint
 from model.efficientnet_lite import load_lite0_weights
+from model.fingerprint import descriptor_fingerprint
 from model.superglobal import build_descriptor, descriptor_dim
 from modules.reranking import rerank
+from test.custom_dataset import load_dataset_entry
 from test.distractors import load_distractors
 from test.evaluate import evaluate_revisitop, format_results
 from test.extract import extract_features
 from test.feature_cache import FeatureCache
-from test.custom_dataset import load_dataset_entry
 from test.gldv2 import GLDv2, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
 from test.gnd import protocols
 from test.images import RevisitopImages, require_images
 from test.search import rank_by_similarity, top_by_similarity
-from test.visualize import write_pictures
 from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
                             wanted_from_protocols)
+from test.visualize import write_pictures
 
 USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
 
@@ -100,10 +100,7 @@ def build_extractor(cfg, device):
         backbone = build_cvnet_global(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM)
         weights = load_weights(backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
 
-        def extract(paths, bboxes, desc, gldv2=False):
-            if gldv2:
-                raise UserError("GLDv2 datasets need TEST.DESCRIPTOR superglobal (the cvnet protocol is "
-                                "defined for revisitop-style datasets)")
+        def extract(paths, bboxes, desc, gldv2=False):  # gldv2 entries are refused in run()
             return extract_cvnet_global(backbone, paths, bboxes, device, scales=scales_of(cfg.TEST.SCALE_LIST),
                                         num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION,
                                         upscale=cfg.TEST.CVNET_UPSCALE, desc=desc)
@@ -218,6 +215,10 @@ def run(cfg, argv):
     device = resolve_device(cfg.DEVICE)
     log = RunLog(cfg.OUT_DIR)
     ground_truths = [load_entry(cfg, entry) for entry in cfg.TEST.DATASET_LIST]
+    if any(isinstance(gnd, GLDv2) for gnd in ground_truths):
+        if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.SupG.onemeval:
+            raise UserError("gldv2:<root> datasets run with TEST.DESCRIPTOR superglobal and without "
+                            "SupG.onemeval (both are defined for revisitop-style datasets)")
     extract, weights = build_extractor(cfg, device)
     log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)}",
               config_summary(cfg, device) + f" weights={weights}")
