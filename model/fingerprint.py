@@ -14,13 +14,18 @@ FEATURE_KEYS = ("gemp", "rgem", "sgem", "relup", "gemp_p", "rgem_p", "rgem_size"
                 "relup_stage1_quirk")
 
 
-@lru_cache(maxsize=16)
-def _sha256(path, size, mtime_ns):
+def file_sha256(path):
+    """Hex sha256 of a file, read in 4 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=16)
+def _sha256(path, size, mtime_ns):
+    return file_sha256(path)
 
 
 def weights_sha256(path):

@@ -42,7 +42,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from errors import UserError
-from model.fingerprint import fingerprint_differences
+from model.fingerprint import file_sha256, fingerprint_differences
 from test.extract import extract_features
 from test.images import jpeg_truncated, load_image  # noqa: F401 (jpeg_truncated: re-exported)
 
@@ -283,14 +283,6 @@ def remove_stale_temps(folder, name=None):
                 os.unlink(os.path.join(folder, entry))
             except OSError:
                 pass
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
