@@ -12,7 +12,6 @@ inputs are built, so "peak extra" is the memory the method itself needed.
 import argparse
 import json
 import multiprocessing
-import os
 import platform
 import sys
 import time

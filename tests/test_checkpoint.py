@@ -1,6 +1,5 @@
 """CVNet checkpoints load completely, with any known prefix, and every bad file stops cleanly."""
 
-import os
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ from errors import UserError
 from model.checkpoint import load_weights, strip_prefixes
 from model.resnet import ResNet
 from tests.synthetic import random_resnet, write_checkpoint
+from tests.payloads import MkdirPayload
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +87,10 @@ def test_missing_path_and_directory_without_file(tmp_path):
     assert "CVPR2022_CVNet_R50.pyth" in message and "other.pth" in message
 
 
-class _Payload:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (os.mkdir, (self.target,))
-
-
 def test_code_in_pickle_is_not_run(tmp_path):
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil.pyth"
-    torch.save({"model_state": {"x": torch.zeros(1)}, "extra": _Payload(str(marker))}, path)
+    torch.save({"model_state": {"x": torch.zeros(1)}, "extra": MkdirPayload(str(marker))}, path)
     assert not marker.exists()
     message = error_for(path)
     assert "refusing" in message and str(path) in message

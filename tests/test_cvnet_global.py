@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from model.cvnet_global import build_cvnet_global, extract_cvnet_global
-from test.cvnet_images import CVNetImages, cvnet_resize
+from test.cvnet_images import cvnet_resize
 from tests.synthetic import random_resnet, textured_image
 
 MEAN = [0.406, 0.456, 0.485]

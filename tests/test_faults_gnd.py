@@ -7,7 +7,6 @@ over the other queries, as revisitop's compute_map does; the logged numbers are 
 hand computation from the saved ranking.
 """
 
-import os
 import pickle
 
 import numpy as np
@@ -15,16 +14,7 @@ import pytest
 
 from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
                                  error_line, make_workspace)
-
-
-class _System:
-    """Unpickling this runs a shell command: proof that code ran if the marker appears."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.payloads import SystemPayload
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def edit(raw, case, marker):
     """Apply `case` to a copy of the good ground truth; returns (raw, fragments of the error)."""
     raw = pickle.loads(pickle.dumps(raw))
     if case == "code_payload":
-        raw["gnd"][1]["junk"] = _System(marker)  # hidden deep inside a valid-looking file
+        raw["gnd"][1]["junk"] = SystemPayload(marker)  # hidden deep inside a valid-looking file
         return raw, ["refusing to load posix.system"]
     if case == "missing_top_key":
         del raw["gnd"]

@@ -6,9 +6,7 @@ entry point: exit 2, one `error:` line naming the file, no traceback, and nothin
 header only once the weights have loaded, so a refused checkpoint leaves no log lines).
 """
 
-import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import torch
 from model.resnet import ResNet
 from tests.faults_common import (WEIGHTS_NAME, assert_nothing_written, base_args, entry, error_line,  # noqa: F401 (fixture)
                                  make_workspace, shared_weights)
+from tests.payloads import MkdirPayload
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +22,6 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults_weights_ws")
     make_workspace(root, tmp_path_factory)
     return root
-
-
-class _MakeFile:
-    """Unpickling this calls os.mkdir(target): proof that code ran."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (os.mkdir, (self.target,))
 
 
 def r101_like(path):
@@ -76,11 +65,11 @@ def make_weights(case, tmp_path, marker, real):
         return real, 101, [real, "look like ResNet-50 but MODEL.DEPTH is 101", "MODEL.DEPTH 50"]
     if case == "torch_payload":  # a torch.save zip whose pickle would call os.mkdir
         path = tmp_path / "evil.pyth"
-        torch.save({"model_state": {"x": torch.zeros(1)}, "extra": _MakeFile(str(marker))}, path)
+        torch.save({"model_state": {"x": torch.zeros(1)}, "extra": MkdirPayload(str(marker))}, path)
         return path, 50, [path, "refusing"]
     if case == "plain_pickle_payload":  # not even a torch file: a bare pickle
         path = tmp_path / "evil.pkl"
-        path.write_bytes(pickle.dumps({"model_state": _MakeFile(str(marker))}))
+        path.write_bytes(pickle.dumps({"model_state": MkdirPayload(str(marker))}))
         return path, 50, [path, "refusing"]
     raise AssertionError(case)
 

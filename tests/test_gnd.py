@@ -1,6 +1,5 @@
 """Ground truth: restricted unpickler, validation errors, real revisitop pickles, protocols."""
 
-import os
 import pickle
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 
 from errors import UserError
 from test.gnd import DATASETS, Gnd, RestrictedUnpickler, load_gnd, protocols, safe_load_pickle
+from tests.payloads import OpenPayload, SystemPayload
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/revisitop"
 EXPECTED = {"roxford5k": (70, 4993), "rparis6k": (70, 6322)}
@@ -96,32 +96,15 @@ def test_real_pickles_need_no_globals():
 
 # --------------------------------------------------------------------------- restricted unpickler
 
-class _OpenPayload:
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        import builtins
-        return builtins.open, (self.target, "w")
-
-
-class _SystemPayload:
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.target}",)
-
-
 def test_malicious_open_payload_is_refused_and_not_run(tmp_path):
     # control: plain pickle really would create the file
     control = tmp_path / "control.txt"
-    pickle.loads(pickle.dumps(_OpenPayload(control))).close()
+    pickle.loads(pickle.dumps(OpenPayload(control))).close()
     assert control.exists()
 
     target = tmp_path / "pwned_open.txt"
     raw = good_raw()
-    raw["gnd"][0]["junk"] = _OpenPayload(target)  # hidden deep inside a valid-looking file
+    raw["gnd"][0]["junk"] = OpenPayload(target)  # hidden deep inside a valid-looking file
     path = write_gnd(tmp_path, raw)
     with pytest.raises(UserError) as ei:
         load_gnd(tmp_path, "roxford5k")
@@ -134,7 +117,7 @@ def test_malicious_open_payload_is_refused_and_not_run(tmp_path):
 def test_malicious_system_payload_is_refused_and_not_run(tmp_path):
     target = tmp_path / "pwned_system.txt"
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"gnd": _SystemPayload(target)}, protocol=0))
+    path.write_bytes(pickle.dumps({"gnd": SystemPayload(target)}, protocol=0))
     with pytest.raises(UserError) as ei:
         safe_load_pickle(path)
     msg = str(ei.value)
