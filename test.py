@@ -159,9 +159,7 @@ def evaluate_gldv2_dataset(extract, cfg, device, cache, gld, log):
     X = extract_split(extract, cache, "gldv2 index", gld.index_paths, gldv2=True)
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     ranks_global = top_by_similarity(Xt, Qt, max(cfg.TEST.TOPK, cfg.SupG.M, 100))
-    ranks = ranks_global
-    if cfg.SupG.rerank:
-        ranks = rerank(Qt, Xt, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    ranks = rerank_if_on(cfg, Qt, Xt, ranks_global)
     ranks_global, ranks = ranks_global.cpu().numpy(), ranks.cpu().numpy()
     results = evaluate_gldv2(ranks, gld)
     log.write(format_gldv2(results))
@@ -181,13 +179,17 @@ def load_entry(cfg, entry):
     return gnd
 
 
+def rerank_if_on(cfg, Q, X, ranks):
+    """SuperGlobal reranking of `ranks` with cfg's M, K, beta when SupG.rerank is on, else `ranks`."""
+    if not cfg.SupG.rerank:
+        return ranks
+    return rerank(Q, X, ranks, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+
+
 def search_database(cfg, Q, X, protos):
     """Full ranking of the database, reranked; returns (ranks_global, ranks, results)."""
     ranks_global = rank_by_similarity(X, Q)
-    ranks = ranks_global
-    if cfg.SupG.rerank:
-        ranks = rerank(Q, X, ranks_global, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
-    ranks = ranks.cpu().numpy()
+    ranks = rerank_if_on(cfg, Q, X, ranks_global).cpu().numpy()
     return ranks_global.cpu().numpy(), ranks, evaluate_revisitop(ranks, protos)
 
 

@@ -115,6 +115,12 @@ def make_workspace(root, tmp_path_factory, datasets=("roxford5k",), n_db=6, n_qu
     return gnds
 
 
+def roxford_workspace(tmp_path_factory, name, n_db=6, n_query=2):
+    """A fresh module workspace with one `roxford5k` stand-in: (root, its gnd dict)."""
+    root = tmp_path_factory.mktemp(name)
+    return root, make_workspace(root, tmp_path_factory, n_db=n_db, n_query=n_query)["roxford5k"]
+
+
 def base_args(root, dataset="roxford5k", out=None):
     root = Path(root)
     return ["TEST.WEIGHTS", root / "weights", "TEST.DATA_DIR", root / "revisitop",

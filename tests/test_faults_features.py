@@ -14,14 +14,12 @@ import pytest
 import torch
 
 from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
-                                 error_line, make_workspace)
+                                 error_line, roxford_workspace)
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_features_ws")
-    gnd = make_workspace(root, tmp_path_factory, n_db=6, n_query=2)["roxford5k"]
-    return root, gnd
+    return roxford_workspace(tmp_path_factory, "faults_features_ws")
 
 
 def distractors(count=20, dim=2048, seed=0):

@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 
 from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
-                                 error_line, make_workspace)
+                                 error_line, roxford_workspace)
 from tests.payloads import SystemPayload
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_gnd_ws")
-    gnd = make_workspace(root, tmp_path_factory, n_db=9, n_query=3)["roxford5k"]
-    return root, gnd
+    return roxford_workspace(tmp_path_factory, "faults_gnd_ws", n_db=9, n_query=3)
 
 
 def edit(raw, case, marker):

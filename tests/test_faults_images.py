@@ -23,15 +23,13 @@ import pytest
 
 from test.images import read_image
 from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
-                                 error_line, make_workspace)
+                                 error_line, roxford_workspace)
 from tests.synthetic import textured_image
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_images_ws")
-    gnd = make_workspace(root, tmp_path_factory, n_db=6, n_query=2)["roxford5k"]
-    return root, gnd
+    return roxford_workspace(tmp_path_factory, "faults_images_ws")
 
 
 def private_data(ws, tmp_path):
