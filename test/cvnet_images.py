@@ -1,19 +1,20 @@
 """Images for the CVNet-Global baseline protocol: multi-scale resizing of the uint8 image in the loader.
 
-CVNet's official test loader (test/dataset.py of the CVNet repo, as we recall it; no network here to
-re-check) reads ``cv2.imread`` BGR, crops queries ``im[int(y1):int(y2), int(x1):int(x2)]`` and, per
-scale of [0.7071, 1.0, 1.4142], resizes the uint8 crop with
+The source is CVNet's official ``test/dataset.py`` (sungonce/CVNet, ``DataSet.__getitem__``;
+SuperGlobal's copy of that file is the same):
 
-    scale == 1: unchanged
-    scale <  1: cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    scale >  1: cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    im = cv2.imread(path)                                     # BGR uint8
+    im = im[int(bbx[1]):int(bbx[3]), int(bbx[0]):int(bbx[2])] # queries only
+    per scale of scale_list ([0.7071, 1.0, 1.4142] by default):
+        scale == 1.0: the uint8 image as it is
+        scale <  1.0: cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        scale >  1.0: cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        .astype(np.float32), HWC -> CHW, / 255, per channel (x - mean) / sd  (BGR mean/sd)
 
-With ``dsize=(0, 0)`` OpenCV makes the output ``(round(w*s), round(h*s))`` (cvRound) and maps pixels
-with exactly fx/fy. Then ``/255``, per-channel BGR mean/std, CHW (test.images.normalize).
-
-Both choices can be switched (``upscale='linear'``: INTER_LINEAR above 1; ``size_rule='floor'``:
-explicit dsize ``(int(w*s), int(h*s))``) in case the official file says otherwise. Sizes are at least
-1 pixel.
+With ``dsize=(0, 0)`` OpenCV makes the output ``(round(w*s), round(h*s))`` and maps pixels with
+exactly fx/fy. ``upscale="cubic"`` (INTER_CUBIC above scale 1) is NOT CVNet's: it is kept only to
+reproduce numbers made with that earlier, mistaken default of this project. Sizes are at least 1
+pixel (OpenCV would refuse a 0-pixel output).
 """
 
 from __future__ import annotations
@@ -29,38 +30,31 @@ from torch.utils.data import Dataset
 from test.images import crop_box, normalize, read_image
 
 CVNET_SCALES = (0.7071, 1.0, 1.4142)
-UPSCALE = {"cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
-SIZE_RULES = ("opencv", "floor")
+UPSCALE = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}  # linear: CVNet's code
 
 
-def resized_size(width: int, height: int, scale: float, size_rule: str = "opencv") -> tuple[int, int]:
-    """(w, h) after resizing by ``scale``: cvRound (OpenCV's dsize=(0,0)) or int() truncation."""
-    if size_rule == "opencv":
-        w, h = int(np.rint(width * scale)), int(np.rint(height * scale))
-    elif size_rule == "floor":
-        w, h = int(width * scale), int(height * scale)
-    else:
-        raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
-    return max(1, w), max(1, h)
+def resized_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(w, h) after ``cv2.resize(dsize=(0, 0), fx=scale, fy=scale)``: cvRound of w*s, h*s."""
+    return max(1, int(np.rint(width * scale))), max(1, int(np.rint(height * scale)))
 
 
-def cvnet_resize(im: np.ndarray, scale: float, upscale: str = "cubic", size_rule: str = "opencv") -> np.ndarray:
+def cvnet_resize(im: np.ndarray, scale: float, upscale: str = "linear") -> np.ndarray:
     """Resize a uint8 HxWx3 image by ``scale`` as the CVNet test loader does (see module docstring)."""
     if scale == 1.0:
         return im
     interpolation = cv2.INTER_AREA if scale < 1.0 else UPSCALE[upscale]
     height, width = im.shape[:2]
-    size = resized_size(width, height, scale, size_rule)
-    if size_rule == "opencv" and size == (int(np.rint(width * scale)), int(np.rint(height * scale))):
+    size = resized_size(width, height, scale)
+    if size == (int(np.rint(width * scale)), int(np.rint(height * scale))):
         return cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=interpolation)
-    return cv2.resize(im, dsize=size, interpolation=interpolation)
+    return cv2.resize(im, dsize=size, interpolation=interpolation)  # a side would round to 0 pixels
 
 
 class CVNetImages(Dataset):
     """``ds[i] = (i, [CHW float32 tensor per scale])``; ``bboxes`` None (database) or one per image."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], bboxes=None, scales=CVNET_SCALES,
-                 upscale: str = "cubic", size_rule: str = "opencv"):
+                 upscale: str = "linear"):
         self.paths = [os.fspath(p) for p in paths]
         if bboxes is not None:
             bboxes = [tuple(float(v) for v in b) for b in bboxes]
@@ -68,10 +62,7 @@ class CVNetImages(Dataset):
                 raise ValueError(f"got {len(bboxes)} boxes for {len(self.paths)} images")
         if upscale not in UPSCALE:
             raise ValueError(f"upscale must be one of {sorted(UPSCALE)}, got {upscale!r}")
-        if size_rule not in SIZE_RULES:
-            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
-        self.bboxes, self.scales = bboxes, [float(s) for s in scales]
-        self.upscale, self.size_rule = upscale, size_rule
+        self.bboxes, self.scales, self.upscale = bboxes, [float(s) for s in scales], upscale
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,5 +71,4 @@ class CVNetImages(Dataset):
         im = read_image(self.paths[index])
         if self.bboxes is not None:
             im = crop_box(im, self.bboxes[index], self.paths[index])
-        return index, [torch.from_numpy(normalize(cvnet_resize(im, s, self.upscale, self.size_rule)))
-                       for s in self.scales]
+        return index, [torch.from_numpy(normalize(cvnet_resize(im, s, self.upscale))) for s in self.scales]

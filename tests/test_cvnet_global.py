@@ -1,4 +1,11 @@
-"""CVNet-Global protocol against a step-by-step torch.nn.functional computation."""
+"""CVNet-Global protocol against an independent transcription of CVNet's official code.
+
+The facts (sungonce/CVNet test/dataset.py DataSet.__getitem__ and test/test_utils.py extract_feature):
+cv2.imread; queries cropped im[int(y1):int(y2), int(x1):int(x2)]; per scale: 1.0 as it is, < 1
+cv2.resize(dsize=(0,0), fx, fy, INTER_AREA), > 1 the same with INTER_LINEAR; astype float32, HWC->CHW,
+/255, per channel (x - mean) / sd (BGR); per scale ResNet -> learned GeM -> head.fc -> L2 -> L2; stacked,
+mean over scales, L2. The reference below is written from those facts with torch.nn.functional only.
+"""
 
 import cv2
 import numpy as np
@@ -6,12 +13,35 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.cvnet_global import build_cvnet_global, extract_cvnet_global
-from test.cvnet_images import cvnet_resize
-from tests.synthetic import random_resnet, textured_image
+from model.cvnet_global import build_cvnet_global
+from test.cvnet_global import extract_cvnet_global
+from test.cvnet_images import CVNetImages, cvnet_resize
+from test.synthetic import random_resnet, real_sizes, textured_image
 
 MEAN = [0.406, 0.456, 0.485]
-STD = [0.225, 0.224, 0.229]
+SD = [0.225, 0.224, 0.229]
+SCALES = [0.7071, 1.0, 1.4142]
+
+
+def official_item(path, bbx, scales=SCALES):
+    """DataSet.__getitem__, transcribed: list of (1, 3, h, w) float32 tensors, one per scale."""
+    im = cv2.imread(path)
+    if bbx is not None:
+        im = im[int(bbx[1]):int(bbx[3]), int(bbx[0]):int(bbx[2])]
+    out = []
+    for scale in scales:
+        if scale == 1.0:
+            im_np = im.astype(np.float32, copy=True)
+        elif scale < 1.0:
+            im_np = cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA).astype(np.float32)
+        else:
+            im_np = cv2.resize(im, dsize=(0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        chw = im_np.transpose([2, 0, 1]) / 255.0
+        for c in range(chw.shape[0]):
+            chw[c] = chw[c] - MEAN[c]
+            chw[c] = chw[c] / SD[c]
+        out.append(torch.from_numpy(np.ascontiguousarray(chw)).unsqueeze(0))
+    return out
 
 
 def bn(x, s, name):
@@ -36,68 +66,89 @@ def functional_resnet(x, s, depths=(3, 4, 6, 3)):
     return x
 
 
-def reference(state, bgr, scales, upscale):
-    descs = []
-    for scale in scales:
-        if scale < 1:
-            im = cv2.resize(bgr, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        elif scale > 1:
-            im = cv2.resize(bgr, (0, 0), fx=scale, fy=scale, interpolation=upscale)
-        else:
-            im = bgr
-        x = torch.from_numpy(im.astype(np.float32)).permute(2, 0, 1) / 255.0
-        x = torch.stack([(x[c] - MEAN[c]) / STD[c] for c in range(3)]).unsqueeze(0).double()
-        fmap = functional_resnet(x, state)
-        p = state["head.pool.p"]
-        pooled = fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
-        desc = F.linear(pooled, state["head.fc.weight"], state["head.fc.bias"])
-        descs.append(desc[0] / desc[0].norm())
-    mean = torch.stack(descs).mean(0)
-    return (mean / mean.norm()).float().numpy()
+def official_extract(state, paths, bboxes):
+    """extract_feature, transcribed: per image, per scale, global descriptor L2 twice; mean; L2."""
+    rows = []
+    for i, path in enumerate(paths):
+        descs = []
+        for image in official_item(path, None if bboxes is None else bboxes[i]):
+            fmap = functional_resnet(image.to(state["stem.conv.weight"].dtype), state)
+            p = state["head.pool.p"]
+            pooled = fmap.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+            desc = F.normalize(F.linear(pooled, state["head.fc.weight"], state["head.fc.bias"]), dim=1)
+            descs.append(F.normalize(desc, dim=1))
+        rows.append(F.normalize(torch.cat(descs).mean(0, keepdim=True), dim=1))
+    return torch.cat(rows).float().numpy()
+
+
+def real_size_images(folder, count, seed=0):
+    """`count` photos-like images at the first real ROxford database sizes (1024x768 when absent)."""
+    sizes = (real_sizes() or [(1024, 768)] * count)[:count]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(str(folder / f"{i}.jpg"))
+        cv2.imwrite(paths[-1], textured_image(w, h, rng, i))
+    return paths
+
+
+def test_loader_equals_official_getitem_at_real_size(tmp_path):
+    """Output sizes, interpolation per scale and normalisation order, bit for bit, on a real-size
+    image and a crop with fractional box coordinates."""
+    paths = real_size_images(tmp_path, 1)
+    h, w = cv2.imread(paths[0]).shape[:2]
+    box = (101.7, 55.2, w - 33.4, h - 20.9)
+    for bboxes in (None, [box]):
+        _, ours = CVNetImages(paths, bboxes)[0]
+        theirs = official_item(paths[0], None if bboxes is None else box)
+        for scale, a, b in zip(SCALES, ours, theirs):
+            assert torch.equal(a, b[0]), scale
+    crop_h, crop_w = int(box[3]) - int(box[1]), int(box[2]) - int(box[0])
+    _, crop = CVNetImages(paths, [box])[0]
+    assert [tuple(t.shape[1:]) for t in crop] == [(round(crop_h * s), round(crop_w * s)) for s in SCALES]
+
+
+def test_upscale_is_inter_linear_by_default():
+    im = np.random.default_rng(1).integers(0, 255, (768, 1024, 3), dtype=np.uint8)
+    up = cvnet_resize(im, 1.4142)
+    assert up.shape[:2] == (1086, 1448)                              # round(1086.1), round(1448.1)
+    assert np.array_equal(up, cv2.resize(im, (0, 0), fx=1.4142, fy=1.4142, interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(up, cv2.resize(im, (0, 0), fx=1.4142, fy=1.4142, interpolation=cv2.INTER_CUBIC))
+    down = cvnet_resize(im, 0.7071)
+    assert np.array_equal(down, cv2.resize(im, (0, 0), fx=0.7071, fy=0.7071, interpolation=cv2.INTER_AREA))
+    assert cvnet_resize(im, 1.0) is im
+    assert cvnet_resize(im[:1, :1], 0.7071).shape[:2] == (1, 1)       # never 0 pixels
+
+
+def test_config_default_is_cvnets_linear():
+    from config import get_cfg_defaults
+    assert get_cfg_defaults().TEST.CVNET_UPSCALE == "linear"
 
 
 @pytest.fixture(scope="module")
-def model_and_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cvnet")
+def backbone():
     source = random_resnet(50, seed=2, reduction_dim=64)
-    backbone = build_cvnet_global(50, 64)
-    backbone.load_state_dict(source.state_dict())
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (w, h) in enumerate([(41, 53), (64, 48), (37, 37)]):
-        paths.append(str(root / f"{i}.png"))
-        cv2.imwrite(paths[-1], textured_image(w, h, rng, i))
-    return backbone, paths
+    model = build_cvnet_global(50, 64)
+    model.load_state_dict(source.state_dict())
+    return model
 
 
-def test_matches_functional_reference(model_and_images):
-    backbone, paths = model_and_images
-    state = {k: v.double() for k, v in backbone.state_dict().items()}
-    boxes = [(2, 3, 39.7, 50), (0, 0, 64, 48), (5.5, 1, 30, 36.2)]
-    got = extract_cvnet_global(backbone, paths, boxes, "cpu")
-    for i, (path, box) in enumerate(zip(paths, boxes)):
-        x1, y1, x2, y2 = (int(v) for v in box)
-        crop = cv2.imread(path)[y1:y2, x1:x2]
-        np.testing.assert_allclose(got[i], reference(state, crop, (0.7071, 1.0, 1.4142), cv2.INTER_CUBIC),
-                                   atol=2e-5)
-    assert got.dtype == np.float32 and got.shape == (3, 64)
-    db = extract_cvnet_global(backbone, paths[:1], None, "cpu", upscale="linear")
-    np.testing.assert_allclose(db[0], reference(state, cv2.imread(paths[0]), (0.7071, 1.0, 1.4142),
-                                                cv2.INTER_LINEAR), atol=2e-5)
-
-
-def test_resize_sizes_and_interpolation():
-    im = np.random.default_rng(1).integers(0, 255, (53, 41, 3), dtype=np.uint8)
-    assert cvnet_resize(im, 0.7071).shape[:2] == (37, 29)          # round(37.48), round(28.99)
-    assert cvnet_resize(im, 0.7071, size_rule="floor").shape[:2] == (37, 28)
-    assert cvnet_resize(im, 1.4142).shape[:2] == (75, 58)          # round(74.95), round(57.98)
-    assert np.array_equal(cvnet_resize(im, 1.4142),
-                          cv2.resize(im, (0, 0), fx=1.4142, fy=1.4142, interpolation=cv2.INTER_CUBIC))
-    assert cvnet_resize(im, 1.0) is im
-    tiny = im[:1, :1]
-    assert cvnet_resize(tiny, 0.7071).shape[:2] == (1, 1)          # never 0 pixels
+def test_descriptors_equal_official_transcription_at_real_size(backbone, tmp_path):
+    """Default settings vs the transcription: cosine >= 0.99999 and identical global ranks."""
+    paths = real_size_images(tmp_path, 3)
+    h, w = cv2.imread(paths[0]).shape[:2]
+    boxes = [(120.4, 80.6, w - 200.2, h - 150.9), (10.0, 300.5, w / 2 + 0.7, h - 1.2)]
+    queries = [paths[0], paths[1]]
+    state = dict(backbone.state_dict())
+    ours_q = extract_cvnet_global(backbone, queries, boxes, "cpu")
+    ours_x = extract_cvnet_global(backbone, paths, None, "cpu")
+    ref_q, ref_x = official_extract(state, queries, boxes), official_extract(state, paths, None)
+    cosines = np.concatenate([(ours_q * ref_q).sum(1), (ours_x * ref_x).sum(1)])
+    assert cosines.min() >= 0.99999, cosines
+    assert np.array_equal(np.argsort(-(ours_x @ ours_q.T), axis=0, kind="stable"),
+                          np.argsort(-(ref_x @ ref_q.T), axis=0, kind="stable"))
 
 
 def test_not_superglobal_backbone():
-    backbone = build_cvnet_global(50, 8)
-    assert not any(type(m).__name__ == "ReLUPlus" for m in backbone.modules())
+    model = build_cvnet_global(50, 8)
+    assert not any(type(m).__name__ == "ReLUPlus" for m in model.modules())
