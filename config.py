@@ -32,7 +32,7 @@ _C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file or a directory holding CV
 _C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
 _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets in order: revisitop names, custom:<folder>, gldv2:<root>
 _C.TEST.DESCRIPTOR = "superglobal"  # superglobal (the paper), or cvnet: CVNet's own global pipeline (CVNet-Global rows)
-_C.TEST.CVNET_UPSCALE = "cubic"  # cvnet descriptor: cv2 interpolation above scale 1, cubic (CVNet's code) or linear
+_C.TEST.CVNET_UPSCALE = "linear"  # cvnet descriptor: cv2 upscaling above scale 1: linear (CVNet's code) or cubic (not CVNet's)
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
 _C.TEST.BATCH_SIZE = 8  # images of one size per forward pass (1 = the official one-by-one)
 _C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
@@ -59,7 +59,7 @@ _C.SupG.relup_stage1_quirk = True  # clamp inside stage-1 bottlenecks even witho
 _C.SupG.M = 400  # reranking: number of top database images refined per query
 _C.SupG.K = 9  # reranking: neighbours aggregated per descriptor (plus itself)
 _C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image itself
-_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_RN{MODEL.DEPTH}.pth
+_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_<backbone>.pth (RN50, RN101, LITE0)
 _C.SupG.distractors_check = True  # refuse R1M features whose sidecar names other weights or flags
 
 _C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
@@ -73,7 +73,7 @@ _CHOICES = {
     "TEST.SCALE_LIST": sorted(_SCALES),
     "TEST.PRECISION": ["fp32", "bf16", "fp16"],
     "TEST.DESCRIPTOR": ["superglobal", "cvnet"],
-    "TEST.CVNET_UPSCALE": ["cubic", "linear"],
+    "TEST.CVNET_UPSCALE": ["linear", "cubic"],
 }
 
 _TRUE = {"true", "1", "yes", "on"}

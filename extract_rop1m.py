@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from config import describe_keys, get_cfg_defaults, load_cfg_from_args, scales_of, validate
 from errors import UserError, exit_code_of
-from model.checkpoint import checkpoint_path, load_weights
-from model.fingerprint import descriptor_fingerprint
-from model.superglobal import build_descriptor
+from model.checkpoint import checkpoint_path
+from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
 from test.extract import autocast_context
 from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
                         merge, parts_of_shard, read_image_list, require_some_images, run_identity,
@@ -53,7 +52,7 @@ def build_parser():
     parser.add_argument("--depth", required=True, type=int, choices=[50, 101], help="ResNet depth")
     parser.add_argument("--data-dir", required=True, metavar="ROOT",
                         help=f"holds {LIST_NAME} and the images (under ROOT/jpg/ or ROOT/)")
-    parser.add_argument("--output", metavar="FILE", help="default ./feats_1m_RN{depth}.pth")
+    parser.add_argument("--output", metavar="FILE", help="default ./feats_1m_<backbone>.pth (RN50, RN101 or LITE0)")
     parser.add_argument("--num-shards", type=int, metavar="N",
                         help="split the work over N processes (default: WORLD_SIZE under torchrun, else 1)")
     parser.add_argument("--shard-id", type=int, metavar="I",
@@ -188,7 +187,7 @@ def run(args, opts):
     weights = checkpoint_path(cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
     dim = cfg.MODEL.HEADS.REDUCTION_DIM
     identity = run_identity(descriptor_fingerprint(cfg, weights), image_list, args.shard_size, dim)
-    output = Path(args.output or f"feats_1m_RN{cfg.MODEL.DEPTH}.pth")
+    output = Path(args.output or default_distractors_path(cfg))
     if output.is_dir():
         raise UserError(f"--output {output} is a directory: give a file name")
 
@@ -204,7 +203,7 @@ def run(args, opts):
         refuse_foreign_output(output, identity)
     if not args.merge_only:
         descriptor = build_descriptor(cfg)
-        load_weights(descriptor.backbone, weights, cfg.MODEL.DEPTH)  # wrong file or depth: stop here
+        load_backbone_weights(cfg, descriptor.backbone)  # wrong file or depth: stop here
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from errors import UserError, exit_code_of
+from test.writer import atomic_write, save_npy
 
 METHODS = {
     "none": "the initial ranking",
@@ -220,22 +221,15 @@ def out_path(out, method, several):
 
 
 def write_ranks(path, ranks, topk):
+    """The top `topk` rows of `ranks` as .npy (topk x nq int64) or .csv (query,rank,db_index)."""
     top = np.ascontiguousarray(ranks[:topk])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if path.suffix.lower() == ".csv":
-            with open(tmp, "w") as handle:
-                handle.write("query,rank,db_index\n")
-                for q in range(top.shape[1]):
-                    handle.write("".join(f"{q},{r},{int(i)}\n" for r, i in enumerate(top[:, q])))
-        else:
-            with open(tmp, "wb") as handle:
-                np.save(handle, top)
-        tmp.replace(path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
+    if path.suffix.lower() == ".csv":
+        rows = np.stack(np.meshgrid(np.arange(top.shape[1]), np.arange(top.shape[0]), indexing="ij"), -1)
+        table = np.concatenate([rows.reshape(-1, 2), top.T.reshape(-1, 1)], axis=1)
+        atomic_write(path, lambda handle: np.savetxt(handle, table, fmt="%d", delimiter=",",
+                                                     header="query,rank,db_index", comments=""), " (--out)")
+    else:
+        save_npy(path, top, " (--out)")
 
 
 def run(args):

@@ -18,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from config import get_cfg_defaults  # noqa: E402
-from model.superglobal import build_descriptor  # noqa: E402
+from test.build import build_descriptor  # noqa: E402
 from modules.reranking import rerank  # noqa: E402
 from test.extract import extract_features  # noqa: E402
 from test.gnd import load_gnd, protocols  # noqa: E402
 from test.images import RevisitopImages  # noqa: E402
 from test.search import rank_by_similarity  # noqa: E402
 from test.search_1m import search_with_distractors, wanted_from_protocols  # noqa: E402
-from tests.synthetic import random_resnet, write_revisitop  # noqa: E402
+from test.synthetic import random_resnet, write_revisitop  # noqa: E402
 
 
 def features_on(device, gnd, weights, batch_size):

@@ -54,7 +54,7 @@ def sync(device):
 
 def bench_extraction(device, depth, scale_list, batch_size, precision, n_images, size=(768, 1024)):
     from config import get_cfg_defaults
-    from model.superglobal import build_descriptor
+    from test.build import build_descriptor
     from test.extract import autocast_context
 
     cfg = get_cfg_defaults()
@@ -85,9 +85,9 @@ def bench_precision_agreement(device, n_images=4, size=(384, 512)):
     import numpy as np
 
     from config import get_cfg_defaults
-    from model.superglobal import build_descriptor
+    from test.build import build_descriptor
     from test.extract import autocast_context
-    from tests.synthetic import random_resnet, textured_image
+    from test.synthetic import random_resnet, textured_image
 
     descriptor = build_descriptor(get_cfg_defaults())
     descriptor.backbone.load_state_dict(random_resnet(50, seed=0).state_dict())

@@ -168,8 +168,19 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         return self.head_act(self._bn1(self._conv_head(x)))
 
-    def forward(self, x):
+    def forward_features(self, x):
         return self.features(x)
+
+    def forward_pool(self, fmap):
+        """Plain GeM (p=3), used when GeM+ is off: (B, C, h, w) -> (B, C)."""
+        return self.head.pool(fmap)
+
+    def forward_head(self, pooled):
+        """No whitening layer: the pooled vector is the descriptor."""
+        return self.head.fc(pooled)
+
+    def forward(self, x):
+        return self.forward_features(x)
 
     def classify(self, x):
         """ImageNet logits (B, 1000), as the model was trained: average pooling and `_fc`."""

@@ -1,18 +1,13 @@
-"""What a set of features depends on, as a plain dict: depth, pooling flags and powers, scales,
-precision and the weights' sha256. Feature caches and the R1M sidecar store it; two runs whose
-fingerprints differ must not share features."""
+"""Helpers for feature fingerprints (the plain dict of everything a set of features depends on,
+built by test.build.descriptor_fingerprint): the weights' sha256, differences and short digests.
+Feature caches and the R1M sidecar store fingerprints; two runs whose fingerprints differ must not
+share features."""
 
 import hashlib
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
-
-from config import scales_of
-
-FEATURE_KEYS = ("gemp", "rgem", "sgem", "relup", "gemp_p", "rgem_p", "rgem_size", "relup_alpha",
-                "relup_stage1_quirk")
-
 
 def file_sha256(path):
     """Hex sha256 of a file, read in 4 MB blocks."""
@@ -32,21 +27,6 @@ def weights_sha256(path):
     """sha256 of a weights file (memoised per path, size and modification time)."""
     stat = os.stat(path)
     return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-def descriptor_fingerprint(cfg, weights_path):
-    """Everything in `cfg` and the weights that changes a descriptor's value."""
-    return {
-        "model_type": cfg.MODEL.TYPE,
-        "depth": cfg.MODEL.DEPTH,
-        "reduction_dim": cfg.MODEL.HEADS.REDUCTION_DIM,
-        "scales": scales_of(cfg.TEST.SCALE_LIST),
-        "precision": cfg.TEST.PRECISION,
-        "descriptor": cfg.TEST.DESCRIPTOR,
-        "cvnet_upscale": cfg.TEST.CVNET_UPSCALE if cfg.TEST.DESCRIPTOR == "cvnet" else None,
-        **{key: cfg.SupG[key] for key in FEATURE_KEYS},
-        "weights_sha256": weights_sha256(weights_path),
-    }
 
 
 def fingerprint_differences(expected, found):

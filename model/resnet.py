@@ -128,6 +128,17 @@ class ResNet(nn.Module):
         self.s4 = ResStage(1024, 2048, 2, d4, 512, False, False, relup_alpha)
         self.head = GlobalHead(2048, reduction_dim)
 
-    def forward(self, x):
+    def forward_features(self, x):
         """Image batch (B, 3, H, W) -> conv5 feature map (B, 2048, H/32, W/32)."""
         return self.s4(self.s3(self.s2(self.s1(self.stem(x)))))
+
+    def forward_pool(self, fmap):
+        """The checkpoint's own pooling (learned GeM), used when GeM+ is off: (B, C, h, w) -> (B, C)."""
+        return self.head.pool(fmap)
+
+    def forward_head(self, pooled):
+        """Pooled (B, C) -> descriptor (B, D) through the whitening layer ``head.fc``."""
+        return self.head.fc(pooled)
+
+    def forward(self, x):
+        return self.forward_features(x)

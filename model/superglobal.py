@@ -12,9 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import scales_of
-from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0
-from model.resnet import ResNet
 from modules.coarse_retrieval import GeMPlus, RegionalGeM, ScaleGeM
 
 
@@ -40,12 +37,12 @@ class SuperGlobalDescriptor(nn.Module):
         self.sgem = ScaleGeM() if sgem else None
 
     def forward_single_scale(self, images):
-        fmap = self.backbone(images)
+        fmap = self.backbone.forward_features(images)
         if self.rgem is not None:
             fmap = self.rgem(fmap)
-        pooled = self.gemp(fmap) if self.gemp is not None else self.backbone.head.pool(fmap)
+        pooled = self.gemp(fmap) if self.gemp is not None else self.backbone.forward_pool(fmap)
         pooled = F.normalize(pooled.float(), p=2, dim=-1)
-        return self.backbone.head.fc(pooled)
+        return self.backbone.forward_head(pooled)
 
     def forward(self, images):
         per_scale = [self.forward_single_scale(resize_for_scale(images, s)).float() for s in self.scales]
@@ -56,26 +53,3 @@ class SuperGlobalDescriptor(nn.Module):
         # The official pipeline normalises here and again after averaging over its (single) loader
         # scale; the second pass changes the last bits, so it is kept.
         return F.normalize(F.normalize(combined, p=2, dim=-1), p=2, dim=-1)
-
-
-def descriptor_dim(cfg):
-    """Length of the global descriptor of cfg.MODEL.TYPE."""
-    return LITE0_DIM if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0" else cfg.MODEL.HEADS.REDUCTION_DIM
-
-
-def build_backbone(cfg):
-    """The backbone of cfg.MODEL.TYPE, untrained. A backbone returns its last feature map and has a
-    `head` with `pool` (the pooling used without GeM+) and `fc` (applied to the L2-normalised pool)."""
-    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
-        return EfficientNetLite0(relup=cfg.SupG.relup, relup_alpha=cfg.SupG.relup_alpha)
-    return ResNet(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM, relup=cfg.SupG.relup,
-                  relup_alpha=cfg.SupG.relup_alpha, stage1_quirk=cfg.SupG.relup_stage1_quirk)
-
-
-def build_descriptor(cfg):
-    """The descriptor network that `cfg` describes, in eval mode, with untrained weights."""
-    backbone = build_backbone(cfg)
-    descriptor = SuperGlobalDescriptor(backbone, scales_of(cfg.TEST.SCALE_LIST), cfg.SupG.gemp,
-                                       cfg.SupG.rgem, cfg.SupG.sgem, cfg.SupG.gemp_p, cfg.SupG.rgem_p,
-                                       cfg.SupG.rgem_size)
-    return descriptor.eval()

@@ -8,13 +8,14 @@ Entries are written atomically (temporary file + rename) and checked on load (sh
 finite values); a damaged entry is ignored and rewritten, never served.
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from errors import UserError
 from model.fingerprint import fingerprint_digest
+from test.writer import save_json, save_npy
 
 
 def image_list_signature(paths, bboxes=None):
@@ -53,27 +54,11 @@ class FeatureCache:
 
     def store(self, entry, features, note):
         """Write atomically; a cache that cannot be written only costs speed, so errors are returned."""
-        note_path = entry.with_suffix(".json")
-        temps = [path.with_name(path.name + f".{os.getpid()}.tmp") for path in (entry, note_path)]
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with open(temps[0], "wb") as handle:
-                np.save(handle, features)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with open(temps[1], "w") as handle:  # the note too: never half a JSON file under its name
-                handle.write(json.dumps({**note, "fingerprint": self.fingerprint}, indent=1))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temps[0], entry)
-            os.replace(temps[1], note_path)
-        except OSError as error:
-            for tmp in temps:
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
-            return f"feature cache not written ({entry}): {error.strerror}"
+            save_npy(entry, features, " (feature cache)")
+            save_json(entry.with_suffix(".json"), {**note, "fingerprint": self.fingerprint}, " (feature cache)")
+        except UserError as error:
+            return str(error)
         return None
 
     def get_or_compute(self, name, paths, bboxes, compute):

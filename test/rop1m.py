@@ -30,9 +30,6 @@ import hashlib
 import io
 import json
 import os
-import re
-import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +42,7 @@ from errors import UserError
 from model.fingerprint import file_sha256, fingerprint_differences
 from test.extract import extract_features
 from test.images import jpeg_truncated, load_image  # noqa: F401 (jpeg_truncated: re-exported)
+from test.writer import atomic_write, json_bytes, remove_stale_temps
 
 LIST_NAME = "revisitop1m.txt"
 RUN_FORMAT = "superglobal-rop1m-run/1"
@@ -53,8 +51,6 @@ SIDECAR_FORMAT = "superglobal-rop1m-features/1"
 IMAGE_DIR = "jpg"
 PROBE_ENTRIES = 100  # the job stops early when none of the list's first entries exists
 
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
-_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,73 +213,6 @@ def parts_of_shard(num_parts, num_shards, shard_id):
 # --------------------------------------------------------------------------------------------
 # Atomic files
 # --------------------------------------------------------------------------------------------
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, data):
-    """Write `data` (bytes, or a function writing to a binary handle) to `path` atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def json_bytes(value):
-    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder, name=None):
-    """Delete temporary files that a killed process of this host left in `folder` (for final
-    file `name`, or any). Temporary files of live processes and of other hosts are left alone."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for entry in names:
-        match = _TEMP.match(entry)
-        if not match or (name is not None and match["name"] != name):
-            continue
-        if match["host"] == _HOST and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])):
-            try:
-                os.unlink(os.path.join(folder, entry))
-            except OSError:
-                pass
-
 
 # --------------------------------------------------------------------------------------------
 # The work directory

@@ -1,4 +1,5 @@
-"""Small stand-ins for the real inputs, written in the exact on-disk formats users bring.
+"""Small stand-ins for the real inputs, written in the exact on-disk formats users bring (used by
+tools/make_example.py, the tests and the benchmarks).
 
 - a CVNet checkpoint: `{'model_state': ...}` with `encoder_q.` keys (or another prefix) plus the
   re-ranking network's extra keys, from a randomly initialised ResNet with perturbed BN statistics;

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import write_checkpoint, write_revisitop
+from test.synthetic import write_checkpoint, write_revisitop
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_NAME = "CVPR2022_CVNet_R50.pyth"

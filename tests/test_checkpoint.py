@@ -7,7 +7,7 @@ import torch
 from errors import UserError
 from model.checkpoint import load_weights, strip_prefixes
 from model.resnet import ResNet
-from tests.synthetic import random_resnet, write_checkpoint
+from test.synthetic import random_resnet, write_checkpoint
 from tests.payloads import MkdirPayload
 
 

@@ -102,7 +102,7 @@ def test_pretrained_weights_classify_chelsea_as_a_cat():
 
 def test_descriptor_dispatch_and_dimension():
     from model.efficientnet_lite import EfficientNetLite0
-    from model.superglobal import build_descriptor, descriptor_dim
+    from test.build import build_descriptor, descriptor_dim
 
     cfg = get_cfg_defaults()
     cfg.MODEL.TYPE = "EFFICIENTNET_LITE0"
@@ -153,7 +153,7 @@ def test_weights_path_errors_are_user_errors(tmp_path):
 
 
 def test_reduction_dim_is_ignored_for_the_demo_backbone():
-    from model.superglobal import build_descriptor, descriptor_dim
+    from test.build import build_descriptor, descriptor_dim
 
     cfg = get_cfg_defaults()
     cfg.MODEL.TYPE = "EFFICIENTNET_LITE0"

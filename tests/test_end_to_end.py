@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.synthetic import write_checkpoint, write_revisitop
+from test.synthetic import write_checkpoint, write_revisitop
 from tests.test_evaluate import official_compute_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_onemeval_matches_the_full_concatenated_ranking(workspace, tmp_path, fmt
 def test_onemeval_with_extract_rop1m_output_and_mismatch(workspace, tmp_path):
     import cv2
 
-    from tests.synthetic import textured_image
+    from test.synthetic import textured_image
 
     root, _ = workspace
     r1m = tmp_path / "r1m"
@@ -183,7 +183,7 @@ def test_onemeval_with_extract_rop1m_output_and_mismatch(workspace, tmp_path):
 def test_custom_dataset_through_test_py(workspace, tmp_path):
     import cv2
 
-    from tests.synthetic import textured_image
+    from test.synthetic import textured_image
 
     root, _ = workspace
     folder = tmp_path / "mydata"
@@ -210,14 +210,19 @@ def test_custom_dataset_through_test_py(workspace, tmp_path):
 
 def test_cvnet_descriptor_matches_its_extractor(workspace, tmp_path):
     from model.checkpoint import load_weights
-    from model.cvnet_global import build_cvnet_global, extract_cvnet_global
+    from model.cvnet_global import build_cvnet_global
+    from test.cvnet_global import extract_cvnet_global
 
     root, gnds = workspace
     done = run_test_py("TEST.WEIGHTS", str(root / "weights"), "TEST.DATA_DIR", str(root / "revisitop"),
                        "TEST.DATASET_LIST", "roxford5k", "TEST.DESCRIPTOR", "cvnet", "SupG.rerank", "False",
                        "TEST.NUM_WORKERS", "0", "TEST.SAVE_FEATURES", "True", "OUT_DIR", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "with CVNet-Global" in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    assert "with CVNet-Global" in log
+    config_line = next(line for line in log.splitlines() if line.startswith("config: "))
+    assert "descriptor=cvnet" in config_line and "upscale linear" in config_line
+    assert not any(f"{flag}=" in config_line for flag in ("gemp", "rgem", "sgem", "relup"))
     backbone = build_cvnet_global(50)
     load_weights(backbone, root / "weights")
     folder = root / "revisitop" / "roxford5k" / "jpg"
@@ -241,3 +246,13 @@ def test_gldv2_through_test_py(workspace, tmp_path):
     assert saved["Q"].shape[0] == len(gld.query_ids) and saved["X"].shape[0] == len(gld.index_ids)
     line = format_gldv2(evaluate_gldv2(saved["ranks"], gld))
     assert line in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_lite0_distractor_default_is_named_after_its_backbone(workspace, tmp_path):
+    """Under SupG.onemeval the default R1M file is named after the backbone in use, not RN{depth}."""
+    root, _ = workspace
+    done = run_test_py("MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", "auto", "SupG.onemeval", "True",
+                       "TEST.DATA_DIR", str(root / "revisitop"), "TEST.DATASET_LIST", "roxford5k",
+                       "OUT_DIR", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "feats_1m_LITE0.pth" in done.stderr and "RN50" not in done.stderr

@@ -6,10 +6,10 @@ import torch
 
 from config import get_cfg_defaults
 from errors import UserError
-from model.superglobal import build_descriptor
+from test.build import build_descriptor
 from test.extract import _Buckets, extract_features
 from test.images import RevisitopImages
-from tests.synthetic import random_resnet, stand_in_sizes, textured_image
+from test.synthetic import random_resnet, stand_in_sizes, textured_image
 
 
 class SizedImages(torch.utils.data.Dataset):

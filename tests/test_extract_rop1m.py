@@ -20,12 +20,12 @@ import torch
 
 import extract_rop1m
 from config import load_cfg_from_args
-from model.fingerprint import descriptor_fingerprint
-from model.superglobal import build_descriptor
+from test.build import descriptor_fingerprint
+from test.build import build_descriptor
 from test.extract import extract_features
 from test.images import RevisitopImages
 from test.rop1m import jpeg_truncated, part_ranges, parts_of_shard, resolve_entry
-from tests.synthetic import textured_image, write_checkpoint
+from test.synthetic import textured_image, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "extract_rop1m.py"

@@ -24,7 +24,7 @@ import pytest
 from test.images import read_image
 from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
                                  error_line, roxford_workspace)
-from tests.synthetic import textured_image
+from test.synthetic import textured_image
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from model.superglobal import SuperGlobalDescriptor
 from test.extract import extract_features
 from test.gldv2 import (GLDv2Images, average_precision_at_k, evaluate_gldv2, format_gldv2, image_path,
                         load_gldv2, upscale_small, write_submission)
-from tests.synthetic import random_resnet
+from test.synthetic import random_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = [f"{c}{c}1{i}00ff" for i, c in enumerate("0a5f3c")]   # i0..i5

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from config import get_cfg_defaults
 from model.resnet import ResNet
-from model.superglobal import build_descriptor, resize_for_scale
+from model.superglobal import resize_for_scale
+from test.build import build_descriptor
 from modules.coarse_retrieval import ReLUPlus
-from tests.synthetic import random_resnet
+from test.synthetic import random_resnet
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 

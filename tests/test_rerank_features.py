@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from test.baselines import alpha_dba, alpha_qe, dba_qe_ranks, dba_ranks, qe_ranks
-from tests.synthetic import write_checkpoint, write_revisitop
+from test.synthetic import write_checkpoint, write_revisitop
 
 ROOT = Path(__file__).resolve().parents[1]
 

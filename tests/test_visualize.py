@@ -7,7 +7,7 @@ import numpy as np
 
 from test.gnd import load_gnd
 from test.visualize import COLOURS, FRAME, MARGIN, TILE, CAPTION, grid_size, write_pictures
-from tests.synthetic import write_revisitop
+from test.synthetic import write_revisitop
 
 
 def test_pictures_layout_labels_and_index(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.synthetic import write_checkpoint, write_revisitop  # noqa: E402
+from test.synthetic import write_checkpoint, write_revisitop  # noqa: E402
 
 
 def main():

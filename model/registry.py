@@ -1,0 +1,68 @@
+"""The backbone registry: everything the rest of the project needs to know about a backbone.
+
+Each entry builds the module, loads its weights, and states its descriptor width and the input
+mean/std (BGR, the loader's channel order). A backbone module exposes, in the style of timm,
+
+    forward_features(images) -> last feature map (B, C, h, w)
+    forward_pool(fmap)       -> its own pooling (B, C), used when GeM+ is off
+    forward_head(pooled)     -> descriptor (B, D)
+
+so SuperGlobal's pooling plugs in between without reaching into the module. A new backbone is one
+``register(...)`` call here.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+from errors import UserError
+from model.checkpoint import load_weights as load_cvnet_weights
+from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0, load_lite0_weights
+from model.resnet import ResNet
+
+CVNET_MEAN_BGR, CVNET_STD_BGR = (0.406, 0.456, 0.485), (0.225, 0.224, 0.229)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    build: Callable       # (depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk) -> nn.Module
+    load_weights: Callable  # (module, weights path or dir, depth) -> the file loaded (Path)
+    dim: Callable         # reduction_dim -> descriptor width
+    tag: Callable         # depth -> short name for file names (RN50, LITE0)
+    mean_bgr: tuple = CVNET_MEAN_BGR
+    std_bgr: tuple = CVNET_STD_BGR
+    depths: tuple = ()    # the depths it accepts (empty: depth is ignored)
+
+
+BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register(entry: BackboneEntry) -> BackboneEntry:
+    BACKBONES[entry.name] = entry
+    return entry
+
+
+def get_backbone(name: str) -> BackboneEntry:
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+register(BackboneEntry(
+    name="RESNET",
+    build=lambda depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk: ResNet(
+        depth, reduction_dim, relup=relup, relup_alpha=relup_alpha, stage1_quirk=relup_stage1_quirk),
+    load_weights=lambda module, weights, depth: load_cvnet_weights(module, weights, depth),
+    dim=lambda reduction_dim: reduction_dim,
+    tag=lambda depth: f"RN{depth}",
+    depths=(50, 101),
+))
+
+register(BackboneEntry(
+    name="EFFICIENTNET_LITE0",
+    build=lambda depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk: EfficientNetLite0(
+        relup=relup, relup_alpha=relup_alpha),
+    load_weights=lambda module, weights, depth: load_lite0_weights(module, weights),
+    dim=lambda reduction_dim: LITE0_DIM,
+    tag=lambda depth: "LITE0",
+))

@@ -1,0 +1,188 @@
+"""The one output writer: every file a run writes goes through here.
+
+- Atomic: the bytes go to a temporary file with a unique name in the target folder
+  (``.<name>.tmp.<host>.<pid>.<random>``), are fsynced, then renamed over the target; a reader sees
+  the old file or the new one, never half of one. On any failure or Ctrl-C the temporary file is
+  removed. Temporary files that a killed process left behind are recognised by host and pid
+  (``remove_stale_temps``).
+- Never over an input: files a run reads are registered (``register_input``); writing over one of
+  them, or into a registered input folder (a dataset's image folder), stops with one line.
+- One run per output folder: ``OutDirLock`` holds an exclusive lock on ``<OUT_DIR>/.lock`` for the
+  whole run, so two runs cannot mix their files or their log lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+
+import numpy as np
+
+from errors import UserError
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
+
+_input_files: dict[tuple[int, int], str] = {}   # (st_dev, st_ino) -> what it is
+_input_folders: dict[Path, str] = {}
+
+
+def register_input(path, what: str) -> None:
+    """Remember that this run reads `path` (a file, or a folder of inputs such as images)."""
+    try:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+    except OSError:
+        return  # not there (yet): the loader reports it
+    if resolved.is_dir():
+        _input_folders[resolved] = what
+    else:
+        _input_files[(stat.st_dev, stat.st_ino)] = what
+
+
+def forget_inputs() -> None:
+    """Clear the registry (a new run in the same process)."""
+    _input_files.clear()
+    _input_folders.clear()
+
+
+def refuse_input(path) -> None:
+    """UserError when `path` is, or would land inside, an input of this run."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        what = _input_files.get((stat.st_dev, stat.st_ino))
+    except OSError:
+        what = None
+    if what is not None:
+        raise UserError(f"refusing to write {path}: it is an input of this run ({what}); choose another "
+                        "output name")
+    parent = path.parent.resolve()
+    for folder, what in _input_folders.items():
+        if parent == folder or folder in parent.parents:
+            raise UserError(f"refusing to write {path}: it lies inside {folder}, an input folder of this run "
+                            f"({what}); choose an output folder outside it")
+
+
+def _fsync_dir(path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def atomic_write(path, data, what: str = "") -> Path:
+    """Write `data` (bytes, str, or a function writing to a binary handle) to `path` atomically."""
+    path = Path(path)
+    refuse_input(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {path.parent}{what}: {error.strerror or error}") from None
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}{what}: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_npy(path, array, what: str = "") -> Path:
+    return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), what)
+
+
+def save_npz(path, what: str = "", **arrays) -> Path:
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays), what)
+
+
+def json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
+def save_json(path, value, what: str = "") -> Path:
+    return atomic_write(path, json_bytes(value), what)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder, name=None) -> None:
+    """Delete temporary files that a killed process of this host left in `folder` (for final
+    file `name`, or any). Temporary files of live processes and of other hosts are left alone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for entry in names:
+        match = _TEMP.match(entry)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if match["host"] == _HOST and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+class OutDirLock:
+    """Exclusive lock on `<folder>/.lock` for a whole run; a second run on the folder stops at once."""
+
+    def __init__(self, folder, flag: str = "OUT_DIR"):
+        self.folder, self.flag, self.handle = Path(folder), flag, None
+
+    def __enter__(self):
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.folder / ".lock", "a+")
+        except OSError as error:
+            raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            self.handle.close()
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"another run is using {self.folder} ({self.flag}); wait for it to finish "
+                                f"or give this run another {self.flag}") from None
+            raise UserError(f"cannot lock {self.folder} ({self.flag}): {error.strerror or error}") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+        return False
