@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from errors import UserError, exit_code_of
-from test.writer import atomic_write, save_npy
+from test.device import resolve_device
+from test.writer import atomic_write, refuse_input, register_input, save_npy
 
 METHODS = {
     "none": "the initial ranking",
@@ -232,18 +233,24 @@ def write_ranks(path, ranks, topk):
         save_npy(path, top, " (--out)")
 
 
+def register_inputs(args):
+    """Every file and folder this run reads, so that no output lands on one of them."""
+    for flag in ("features", "query", "db", "ranks", "gnd", "images", "gldv2", "gldv2_solution"):
+        if getattr(args, flag, None):
+            register_input(getattr(args, flag), "--" + flag.replace("_", "-"))
+
+
 def run(args):
     from test.evaluate import evaluate_revisitop, format_results
     from test.search import rank_by_similarity
 
     if args.out and Path(args.out).suffix.lower() not in (".npy", ".csv"):
         raise UserError(f"--out {args.out}: use a .npy or .csv file name")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"bad --device {args.device!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is available here")
+    device = resolve_device(args.device, "--device")
+    register_inputs(args)
+    if args.out:  # before any work: an --out naming an input would destroy it
+        for method in args.methods:
+            refuse_input(out_path(args.out, method, len(args.methods) > 1))
     Q, X, ranks = load_features(args)
     protos = load_ground_truth(args, Q.shape[0], X.shape[0]) if args.gnd else None
     gld = load_gldv2_checked(args, Q.shape[0], X.shape[0]) if args.gldv2 else None

@@ -22,7 +22,7 @@ from test.pipeline import build_extractor, evaluate_dataset
 from test.provenance import (append_result, config_lines, header_lines, new_run_id, result_record, run_header,
                              write_config)
 from test.run_log import RunLog
-from test.writer import OutDirLock, register_input
+from test.writer import OutDirLock, forget_inputs, refuse_output_folder, register_input
 
 USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
 
@@ -71,6 +71,9 @@ def run(cfg, argv, log):
     autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work
     datasets = open_datasets(cfg.TEST.DATASET_LIST, cfg.TEST.DATA_DIR, cfg.TEST.TOPK)
     refuse_unsupported(cfg, datasets)
+    refuse_output_folder(cfg.OUT_DIR, "OUT_DIR")
+    if cfg.TEST.CACHE and cfg.TEST.CACHE_DIR:
+        refuse_output_folder(cfg.TEST.CACHE_DIR, "TEST.CACHE_DIR")
     extract, weights = build_extractor(cfg, device)
     register_input(weights, "TEST.WEIGHTS")
     fingerprint = descriptor_fingerprint(cfg, weights)
@@ -92,6 +95,7 @@ def run(cfg, argv, log):
 
 def run_logged(cfg, argv):
     """`run` under the OUT_DIR lock; a user error also goes to log.txt, as one line."""
+    forget_inputs()  # main() may run several times in one process (tests)
     with OutDirLock(cfg.OUT_DIR):
         log = RunLog(cfg.OUT_DIR)
         try:

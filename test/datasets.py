@@ -89,7 +89,7 @@ class GLDv2Retrieval(RetrievalDataset):
 
     def __init__(self, gld, top_k: int):
         self.gld, self.name = gld, f"gldv2 {gld.root}"
-        self.output_name = f"gldv2_{Path(gld.root).resolve().name}_{_short_hash(gld.root)}"
+        self.output_name = "gldv2"  # one GLDv2 root per run (open_datasets refuses a second)
         self.top_k = max(top_k, MAX_PREDICTIONS)
         self.queries = Split("gldv2 queries", gld.query_paths, None, GLDv2Images(gld.query_paths))
         self.database = Split("gldv2 index", gld.index_paths, None, GLDv2Images(gld.index_paths))
@@ -127,7 +127,7 @@ def open_datasets(entries, data_dir, top_k: int) -> list[RetrievalDataset]:
     seen = {}
     for entry, dataset in zip(entries, datasets):
         if dataset.output_name in seen:
-            raise UserError(f"TEST.DATASET_LIST names one dataset twice ({seen[dataset.output_name]!r} and "
-                            f"{entry!r}); list it once")
+            raise UserError(f"TEST.DATASET_LIST: {seen[dataset.output_name]!r} and {entry!r} would write the "
+                            f"same outputs ({dataset.output_name}.npz): list each dataset, and one gldv2 root, once")
         seen[dataset.output_name] = entry
     return datasets

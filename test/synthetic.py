@@ -108,3 +108,16 @@ def write_revisitop(root, name="roxford5k", n_db=12, n_query=3, divisor=16, seed
     with open(folder / f"gnd_{name}.pkl", "wb") as handle:
         pickle.dump(ground_truth, handle)
     return ground_truth
+
+
+def write_custom_folder(root, n_db=4, seed=0):
+    """A `custom:` dataset: <root>/db/*.jpg, <root>/queries/q0.jpg and a gt.csv naming db/0 relevant."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "db").mkdir(parents=True, exist_ok=True)
+    (root / "queries").mkdir(exist_ok=True)
+    for i in range(n_db):
+        cv2.imwrite(str(root / "db" / f"{i}.jpg"), textured_image(40, 32, rng, i))
+    cv2.imwrite(str(root / "queries" / "q0.jpg"), textured_image(40, 32, rng, 0))
+    (root / "gt.csv").write_text("query,bbox,relevant,junk\nqueries/q0.jpg,,db/0.jpg,\n")
+    return root

@@ -70,6 +70,16 @@ def refuse_input(path) -> None:
                             f"({what}); choose an output folder outside it")
 
 
+def refuse_output_folder(folder, flag: str) -> None:
+    """UserError when the output folder `folder` (named `flag` on the command line) lies inside an
+    input folder: what a run writes there (pictures) would become inputs of the next run."""
+    resolved = Path(folder).resolve()
+    for inputs, what in _input_folders.items():
+        if resolved == inputs or inputs in resolved.parents:
+            raise UserError(f"{flag} {folder} lies inside {inputs} ({what}): what this run writes there would "
+                            f"become inputs of the next run; choose a {flag} outside it")
+
+
 def _fsync_dir(path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -172,7 +182,9 @@ class OutDirLock:
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # POSIX record locks belong to this process alone: DataLoader workers forked from it do
+            # not inherit them, so a killed run never leaves its folder locked by an orphan.
+            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             self.handle.close()
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -183,6 +195,6 @@ class OutDirLock:
 
     def __exit__(self, *exc):
         if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            fcntl.lockf(self.handle, fcntl.LOCK_UN)
             self.handle.close()
         return False

@@ -128,19 +128,22 @@ def base_args(root, dataset="roxford5k", out=None):
 
 
 def out_files(out):
-    """Every file under `out`, relative, with log.txt reported by content."""
+    """Every file under `out` but the run lock, relative, with log.txt reported by content."""
     out = Path(out)
     if not out.exists():
         return {}
     return {str(p.relative_to(out)): (p.read_text() if p.name == "log.txt" else p.stat().st_size)
-            for p in sorted(out.rglob("*")) if p.is_file()}
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def assert_nothing_written(out):
-    """A run that stopped before its header: at most an empty log.txt (RunLog creates it to check
-    OUT_DIR is writable); no log lines, no features, no cache entries."""
+    """A run that stopped before its header: no features, no cache entries, no config.yaml, and
+    log.txt holds at most the one line saying the run failed (`==== <time> <command> -> error: ...`)."""
     files = out_files(out)
-    assert files in ({}, {"log.txt": ""}), files
+    log = files.pop("log.txt", "")
+    assert files == {}, files
+    lines = log.splitlines()
+    assert len(lines) <= 1 and all(line.startswith("==== ") and " -> error: " in line for line in lines), log
 
 
 def copy_tree(src, dst):

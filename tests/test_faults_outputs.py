@@ -1,0 +1,114 @@
+"""Outputs never collide, never land on an input, and belong to one run: through the entry points."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.faults_common import (FAST, ROOT, assert_nothing_written, base_args, entry, error_line,  # noqa: F401
+                                 out_files, roxford_workspace)
+from test.synthetic import write_checkpoint, write_custom_folder
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return roxford_workspace(tmp_path_factory, "outputs")[0]
+
+
+def no_temporaries(folder):
+    return [p.name for p in Path(folder).rglob(".*.tmp.*")]
+
+
+def test_two_custom_folders_with_one_base_name_keep_their_own_outputs(ws, tmp_path, entry):
+    a, b = write_custom_folder(tmp_path / "a" / "shop", seed=1), write_custom_folder(tmp_path / "b" / "shop", seed=2)
+    args = ["TEST.WEIGHTS", ws / "weights", "TEST.DATASET_LIST", f"custom:{a},custom:{b}", "OUT_DIR",
+            tmp_path / "out", "TEST.SAVE_FEATURES", "True", "TEST.VIS_QUERIES", "1", *FAST]
+    done = entry("test.py", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    npz = sorted((tmp_path / "out").glob("shop_*.npz"))
+    assert len(npz) == 2
+    pictures = sorted(p.name for p in (tmp_path / "out" / "pictures").iterdir())
+    assert len(pictures) == 2 and pictures == sorted(p.stem for p in npz)
+    databases = [np.load(p)["X"] for p in npz]
+    assert not np.array_equal(databases[0], databases[1])  # each file holds its own folder's features
+
+
+def test_one_dataset_listed_twice_is_refused(ws, tmp_path, entry):
+    args = base_args(ws, "roxford5k,roxford5k", out=tmp_path / "out")
+    error_line(entry("test.py", *args, cwd=tmp_path), "would write the same outputs")
+
+
+def test_out_dir_inside_a_dataset_folder_is_refused_before_any_work(ws, tmp_path, entry):
+    folder = write_custom_folder(tmp_path / "shop")
+    images_before = sorted(p.name for p in folder.rglob("*.jpg"))
+    args = ["TEST.WEIGHTS", ws / "weights", "TEST.DATASET_LIST", f"custom:{folder}", "OUT_DIR",
+            folder / "results", "TEST.VIS_QUERIES", "1", *FAST]
+    error_line(entry("test.py", *args, cwd=tmp_path), "inside", "OUT_DIR")
+    assert sorted(p.name for p in folder.rglob("*.jpg")) == images_before
+    assert not list(folder.rglob("*.png")) and not list(folder.rglob("*.npy"))
+
+
+def test_a_second_run_on_a_busy_out_dir_stops_at_once(ws, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running test.py holds
+        done = subprocess.run([sys.executable, str(ROOT / "test.py"), *map(str, base_args(ws, out=out))],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    error_line(done, "another run is using", "OUT_DIR")
+    assert out_files(out) == {}  # not even a log line: the log belongs to the other run
+
+
+def test_rerank_features_refuses_to_write_over_its_own_input(tmp_path):
+    rng = np.random.default_rng(0)
+    Q, X = rng.standard_normal((3, 8)).astype(np.float32), rng.standard_normal((10, 8)).astype(np.float32)
+    np.save(tmp_path / "Q.npy", Q)
+    np.save(tmp_path / "X.npy", X)
+    before = (tmp_path / "X.npy").read_bytes()
+    done = subprocess.run([sys.executable, str(ROOT / "rerank_features.py"), "--query", "Q.npy", "--db", "X.npy",
+                           "--M", "4", "--K", "1", "--out", "X.npy"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    error_line(done, "X.npy", "input", preflight=False)
+    assert (tmp_path / "X.npy").read_bytes() == before and no_temporaries(tmp_path) == []
+
+
+def test_non_finite_descriptors_stop_the_run_naming_the_step(tmp_path, entry):
+    """Finite weights whose whitening layer overflows float32: no mAP may come out of it."""
+    from test.synthetic import random_resnet, write_revisitop
+
+    model = random_resnet(50, seed=3)
+    with torch.no_grad():
+        model.head.fc.weight.fill_(3e38)
+    write_checkpoint(tmp_path / "weights" / "CVPR2022_CVNet_R50.pyth", model=model)
+    write_revisitop(tmp_path / "revisitop", "roxford5k", n_db=4, n_query=2, divisor=32)
+    args = base_args(tmp_path, out=tmp_path / "out")
+    line = error_line(entry("test.py", *args, cwd=tmp_path), "extraction of roxford5k queries", "NaN or Inf",
+                      preflight=False)
+    assert "Retrieval results" not in (tmp_path / "out" / "log.txt").read_text()
+    assert not list((tmp_path / "out").glob("*.npz")) and line
+
+
+def test_ctrl_c_ends_with_one_line_exit_130_and_nothing_partial(ws, tmp_path):
+    out = tmp_path / "out"
+    args = [a for a in map(str, base_args(ws, out=out))]
+    args[args.index("TEST.NUM_WORKERS") + 1] = "1"  # a DataLoader worker must not print a traceback either
+    process = subprocess.Popen([sys.executable, str(ROOT / "test.py"), *args, "TEST.SAVE_FEATURES", "True"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.txt").is_file() or ">> roxford5k" not in (out / "log.txt").read_text():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").split("\n") if line.strip()]
+    assert lines[-1].startswith("interrupted:") and sum(line.startswith("interrupted") for line in lines) == 1
+    assert not list(out.glob("*.npz")) and no_temporaries(out) == []
