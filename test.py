@@ -24,7 +24,22 @@ from test.provenance import (append_result, config_lines, header_lines, new_run_
 from test.run_log import RunLog
 from test.writer import OutDirLock, forget_inputs, refuse_output_folder, register_input
 
-USAGE = "usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...\n\nconfig keys (default, meaning):\n"
+USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
+
+examples:
+  python test.py MODEL.DEPTH 50 TEST.WEIGHTS ./weights TEST.DATA_DIR ./revisitop
+  python test.py MODEL.DEPTH 101 SupG.rerank False                 (ablation: no reranking)
+  python test.py TEST.DATASET_LIST roxford5k SupG.onemeval          (a BOOL_KEY alone means True)
+  python test.py TEST.DATASET_LIST custom:/data/my_photos,roxford5k
+  python test.py TEST.DATASET_LIST "['custom:/data/a,b', 'gldv2:/data/gldv2']"
+  python tools/check_setup.py ...   (the same keys: checks data and weights before a long run)
+
+TEST.DATASET_LIST: one entry, comma-separated entries, or a quoted Python list (for an entry
+holding a comma). Entries: a revisitop name (roxford5k, rparis6k; under TEST.DATA_DIR),
+custom:<folder> or custom:<folder>::<gt file> (docs/custom_data.md), gldv2:<root> (docs/gldv2.md).
+
+config keys (default, meaning):
+"""
 
 
 def config_summary(cfg, device):
