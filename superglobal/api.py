@@ -1,6 +1,6 @@
 """Build a SuperGlobal descriptor with its weights and embed image files or tensors.
 
-A thin layer over what test.py runs (config validation, model.superglobal.build_descriptor, the
+A thin layer over what test.py runs (config validation, test.build.load_descriptor, the
 CVNet / Lite0 weight loaders, test.images, test.extract), so an embedding here equals test.py's
 feature for the same image, box and settings. Mistakes raise errors.UserError with the fix.
 """
@@ -9,9 +9,7 @@ import torch
 
 from config import load_cfg_from_args
 from errors import UserError
-from model.checkpoint import load_weights
-from model.efficientnet_lite import load_lite0_weights
-from model.superglobal import build_descriptor, descriptor_dim
+from test.build import descriptor_dim, load_descriptor as load_network
 from test.extract import autocast_context, extract_features
 from test.images import RevisitopImages, load_image
 
@@ -45,11 +43,7 @@ def load_descriptor(weights=None, depth=50, backbone="resnet", device="cpu", pre
     if cfg.TEST.DESCRIPTOR != "superglobal":
         raise UserError(f"TEST.DESCRIPTOR {cfg.TEST.DESCRIPTOR}: the Python API builds the superglobal "
                         "descriptor; run test.py for the CVNet-Global rows")
-    module = build_descriptor(cfg)
-    if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
-        path = load_lite0_weights(module.backbone, cfg.TEST.WEIGHTS)
-    else:
-        path = load_weights(module.backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    module, path = load_network(cfg)
     return Descriptor(cfg, module.to(device), path, torch.device(device))
 
 

