@@ -96,7 +96,7 @@ def run_method(method, Q, X, initial, args):
     if method == "none":
         return initial
     if method == "supg":
-        return rerank(Q, X, initial, M=args.M, K=args.K, beta=args.beta)
+        return rerank(Q, X, initial, M=args.M, K=args.K, beta=args.beta, columns_are_queries=True)
     if method == "aqe":
         return qe_ranks(Q, X, initial, args.qe_n, args.qe_alpha, not args.qe_exclude_query)
     if method == "dba":

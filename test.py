@@ -183,7 +183,7 @@ def rerank_if_on(cfg, Q, X, ranks):
     """SuperGlobal reranking of `ranks` with cfg's M, K, beta when SupG.rerank is on, else `ranks`."""
     if not cfg.SupG.rerank:
         return ranks
-    return rerank(Q, X, ranks, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    return rerank(Q, X, ranks, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta, columns_are_queries=True)
 
 
 def search_database(cfg, Q, X, protos):
