@@ -16,11 +16,13 @@ def _compute_dtype(*tensors):
     return torch.promote_types(dtype, torch.float32)
 
 
-def rerank_loop(Q, X, ranks, M=400, K=9, beta=0.15):
+def rerank_loop(Q, X, ranks, M=400, K=9, beta=0.15, return_scores=False):
+    """With ``return_scores``: (ranks, scores), scores (m x nq) = the sorted (S1 + S2) / 2."""
     dtype = _compute_dtype(Q, X)
     Q, X = Q.to(dtype), X.to(dtype)
     new_ranks = ranks.clone().long()
     m = min(M, ranks.shape[0])
+    scores = torch.empty(m, ranks.shape[1], dtype=dtype)
     for j in range(ranks.shape[1]):
         q = Q[j]
         top = ranks[:m, j].long()
@@ -44,9 +46,9 @@ def rerank_loop(Q, X, ranks, M=400, K=9, beta=0.15):
 
         # 5. average, re-sort the top block, keep the rest
         final = (s1_sorted + s2) / 2
-        final_order = torch.sort(final, descending=True, stable=True).indices
+        scores[:, j], final_order = torch.sort(final, descending=True, stable=True)
         new_ranks[:m, j] = top[order][final_order]
-    return new_ranks
+    return (new_ranks, scores) if return_scores else new_ranks
 
 
 def rerank_official(Q, X, ranks, M=400, K=9, beta=0.15):

@@ -69,7 +69,7 @@ def rerank_if_on(cfg, Q, X, ranks):
     """SuperGlobal reranking of `ranks` with cfg's M, K, beta when SupG.rerank is on, else `ranks`."""
     if not cfg.SupG.rerank:
         return ranks
-    return rerank(Q, X, ranks, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
+    return rerank(Q, X, ranks, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta, columns_are_queries=True)
 
 
 def search(cfg, dataset, Q, X, distractors, timings):
@@ -113,7 +113,8 @@ def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run
     out_dir = Path(cfg.OUT_DIR)
     if cfg.TEST.VIS_QUERIES and dataset.gnd is not None:
         folder = write_pictures(out_dir / "pictures" / dataset.output_name, dataset.gnd, Q, X, ranks_global, ranks,
-                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK, reranked=cfg.SupG.rerank)
+                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK,
+                                reranking=(cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta) if cfg.SupG.rerank else None)
         log.write(f"pictures of {min(cfg.TEST.VIS_QUERIES, len(Q))} queries: {folder / 'index.html'}")
     if cfg.TEST.SAVE_FEATURES:
         save_npz(out_dir / f"{dataset.output_name}.npz", " (TEST.SAVE_FEATURES)", Q=Q, X=X,

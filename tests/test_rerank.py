@@ -1,10 +1,11 @@
 """modules.reranking against the plain per-query loop of bench/rerank_baseline.py."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bench.rerank_baseline import rerank_loop, rerank_official
-from modules.reranking import MDescAug, RerankwMDA, rerank
+from modules.reranking import MDescAug, RerankwMDA, rerank, ranks_from_topk
 from modules.reranking.rerank import top_entries
 
 
@@ -147,4 +148,83 @@ def test_invalid_tensors():
     ]
     for args, argument in bad:
         with pytest.raises(ValueError, match=argument):
+            rerank(*args)
+
+
+# --------------------------------------------------------------------------- public API: numpy, orientation, scores
+
+def test_numpy_in_numpy_out_equals_torch():
+    Q, X, ranks = make_data(dtype=torch.float32)
+    expected = rerank(Q, X, ranks, M=50)
+    out = rerank(Q.numpy(), X.numpy(), ranks.numpy(), M=50)
+    assert isinstance(out, np.ndarray) and out.dtype == np.int64
+    np.testing.assert_array_equal(out, expected.numpy())
+    # unsigned, reversed-stride and read-only arrays are accepted too; the input is not modified
+    ranks_np = ranks.numpy().astype(np.uint32)
+    before = ranks_np.copy()
+    X_rev = X.numpy()[::-1]
+    ranks_rev = (X.shape[0] - 1 - ranks_np).astype(np.int64)      # the same ranking of the reversed rows
+    read_only = Q.numpy().copy()
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(rerank(read_only, X.numpy(), ranks_np, M=50), expected.numpy())
+    np.testing.assert_array_equal(X.shape[0] - 1 - rerank(Q.numpy(), X_rev, ranks_rev, M=50), expected.numpy())
+    np.testing.assert_array_equal(ranks_np, before)
+
+
+def test_scores_are_the_sorted_mean_of_s1_and_s2_of_the_loop():
+    Q, X, ranks = make_data(nq=7)
+    for kwargs in (dict(M=50), dict(M=80, K=3, beta=0.5), dict(M=6, K=9), dict(M=50, chunk_size=2)):
+        new, scores = rerank(Q, X, ranks, return_scores=True, **kwargs)
+        kwargs.pop('chunk_size', None)
+        loop_ranks, loop_scores = rerank_loop(Q, X, ranks, return_scores=True, **kwargs)
+        m = min(kwargs['M'], ranks.shape[0])
+        assert scores.shape == (m, Q.shape[0]) and scores.dtype == torch.float64
+        assert torch.equal(new, loop_ranks) and torch.equal(new, rerank(Q, X, ranks, **kwargs))
+        assert (scores[1:] <= scores[:-1]).all()
+        # the loop forms every augmented descriptor; the fast path sums q . x: equal to rounding
+        torch.testing.assert_close(scores, loop_scores, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_scores_and_empty_top():
+    Q, X, ranks = make_data(nq=3, dtype=torch.float32)
+    new, scores = rerank(Q.numpy(), X.numpy(), ranks.numpy(), M=20, return_scores=True)
+    assert isinstance(scores, np.ndarray) and scores.shape == (20, 3) and scores.dtype == np.float32
+    new, scores = rerank(Q, X, ranks[:0], M=20, return_scores=True)
+    assert new.shape == (0, 3) and scores.shape == (0, 3)
+
+
+def test_ranks_from_topk_turns_faiss_indices_into_columns():
+    Q, X, ranks = make_data(nq=5)
+    I = ranks[:30].T.contiguous()                                 # faiss: nq x k, row = a query's top k
+    assert torch.equal(ranks_from_topk(I), ranks[:30])
+    assert ranks_from_topk(I).is_contiguous()
+    out = ranks_from_topk(I.numpy())
+    assert isinstance(out, np.ndarray) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, ranks[:30].numpy())
+    assert torch.equal(rerank(Q, X, ranks_from_topk(I), M=20), rerank(Q, X, ranks[:30], M=20))
+    with pytest.raises(ValueError, match='-1'):
+        ranks_from_topk(np.array([[3, -1]]))
+    with pytest.raises(ValueError, match='torch tensor or numpy array'):
+        ranks_from_topk([[1, 2]])
+
+
+def test_faiss_orientation_is_refused():
+    Q, X, ranks = make_data(nq=5)
+    with pytest.raises(ValueError, match='ranks_from_topk'):
+        rerank(Q, X, ranks[:30].T.contiguous(), M=20)            # nq x k, k != nq
+    square = ranks[:5]                                            # N' == nq: either reading fits
+    with pytest.raises(ValueError, match='square.*ranks_from_topk.*columns_are_queries=True'):
+        rerank(Q, X, square, M=3)
+    with pytest.raises(ValueError, match='square'):
+        rerank(Q.numpy(), X.numpy(), square.numpy(), M=3)
+    assert torch.equal(rerank(Q, X, square, M=3, columns_are_queries=True), rerank_loop(Q, X, square, M=3))
+    Q1, X1, ranks1 = make_data(nq=1)
+    assert rerank(Q1, X1, ranks1[:1], M=3).shape == (1, 1)       # 1 x 1 reads the same both ways
+
+
+def test_mixed_or_wrong_kinds_say_torch_tensor_or_numpy_array():
+    Q, X, ranks = make_data(nq=2, N=20, D=4)
+    for args in ((Q.numpy(), X, ranks), (Q, X, ranks.numpy()), ([[0.0] * 4], X, ranks),
+                 (Q.numpy(), X.numpy(), ranks.numpy().astype(float)), (Q.numpy().astype(int), X.numpy(), ranks.numpy())):
+        with pytest.raises(ValueError, match='torch tensors? or (all )?numpy arrays?'):
             rerank(*args)

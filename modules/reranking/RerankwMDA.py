@@ -40,7 +40,7 @@ class RerankwMDA(nn.Module):
         best = ranks_trans_1000_pre[:, :k].unsqueeze(-1).expand(-1, -1, x_dba.shape[-1])
         q_mda = mda_query(x_dba.gather(1, best))                                   # nq x D
         s2 = torch.bmm(x_dba, q_mda.unsqueeze(-1)).squeeze(-1).gather(1, ranks_trans_1000_pre)
-        final_order = mda_order(s1_sorted, s2)
+        final_order = mda_order(s1_sorted, s2).indices
         new_ranks = torch.as_tensor(ranks).to(device=order_by_s1.device, dtype=torch.long).clone()
         new_ranks[:m] = order_by_s1.gather(1, final_order).T
         return new_ranks

@@ -13,6 +13,9 @@ For query q with current top m = min(M, N') database items T (descriptors x_i, i
 
 Rows m.. of the ranking are left as they were. Sorts are stable, so ties keep the current order.
 
+Orientation: ``ranks`` is N' x nq (revisitop's): column j is query j's ranking of the database,
+best first. faiss' ``index.search`` returns I as nq x k: convert it with :func:`ranks_from_topk`.
+
 Speed: d is linear in the neighbour weights, so q . d_i = sum_j w_ij (q . x_{n_i(j)}): S1 and S2
 need only X_T q and X_T q' (c x m) instead of every d_i (c x m x D); d is only formed for the k
 best items that make q'. The cost is one (m x m) Gram matrix per query, done in chunks of
@@ -20,6 +23,7 @@ queries with preallocated buffers (fresh large CPU allocations pay page faults e
 """
 import math
 import numbers
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -28,27 +32,66 @@ CPU_CHUNK_BYTES = 64 * 2 ** 20      # small chunks stay in cache on CPU
 DEVICE_CHUNK_BYTES = 256 * 2 ** 20
 
 
-def rerank(Q, X, ranks, M=400, K=9, beta=0.15, chunk_size=None):
+def rerank(Q, X, ranks, M=400, K=9, beta=0.15, chunk_size=None, return_scores=False,
+           columns_are_queries=False):
     """Rerank the top M of each column of ``ranks`` (N' x nq) for queries Q (nq x D) over X (N x D).
 
-    Returns the new ranks (N' x nq, int64) on the device of Q and X.
+    Q, X and ranks are all torch tensors or all numpy arrays; the result is of the same kind (numpy
+    on the CPU; torch on the device of Q and X). ``ranks`` column j is query j's ranking (database
+    indices, best first); an nq x k array from faiss must first go through :func:`ranks_from_topk`.
+    A square ``ranks`` (N' == nq > 1) could be either, so it is refused unless
+    ``columns_are_queries=True`` states that it is already N' x nq.
+
+    Returns the new ranks (N' x nq, int64); with ``return_scores=True``, ``(ranks, scores)`` where
+    scores (m x nq, m = min(M, N'), float32 or wider) are the (S1 + S2) / 2 values the new top m
+    is sorted by, in the new order (non-increasing down each column).
     """
-    check_arguments(Q, X, ranks, M, K, beta, chunk_size)
+    as_numpy, (Q, X, ranks) = as_tensors(Q, X, ranks)
+    check_arguments(Q, X, ranks, M, K, beta, chunk_size, columns_are_queries)
     ranks = ranks.to(device=X.device, dtype=torch.long)
     new_ranks = ranks.clone()
     nq, m = ranks.shape[1], min(M, ranks.shape[0])
-    if nq == 0 or m == 0:
-        return new_ranks
+    scores = torch.empty(m, nq, dtype=compute_dtype(Q, X), device=X.device) if return_scores else None
     top_all = ranks[:m].T.contiguous()                                    # nq x m
     for start, top, q, x_top, neighbours, weights in augmented_chunks(Q, X, top_all, K, beta, chunk_size):
-        s1 = augmented_scores(x_top, q, neighbours, weights)
-        s1_sorted, order = torch.sort(s1, dim=1, descending=True, stable=True)
-        best = order[:, :neighbours.shape[-1]]
-        q_mda = mda_query(augment(x_top, neighbours, weights, rows=best))
-        s2 = augmented_scores(x_top, q_mda, neighbours, weights).gather(1, order)
-        final_order = mda_order(s1_sorted, s2)
-        new_ranks[:m, start:start + len(top)] = top.gather(1, order).gather(1, final_order).T
-    return new_ranks
+        new_top, top_scores = rerank_block(top, q, x_top, neighbours, weights)
+        new_ranks[:m, start:start + len(top)] = new_top.T
+        if return_scores:
+            scores[:, start:start + len(top)] = top_scores.T
+    outputs = (new_ranks, scores) if return_scores else (new_ranks,)
+    if as_numpy:
+        outputs = tuple(t.numpy() for t in outputs)
+    return outputs if return_scores else outputs[0]
+
+
+def ranks_from_topk(I):
+    """faiss-style top-k indices I (nq x k, row j = query j's results, best first) -> ranks in the
+    orientation :func:`rerank` takes (k x nq, contiguous). Same kind (numpy / torch) as given."""
+    if _is_numpy(I):
+        kind_ok, shape = I.dtype.kind in 'iu', I.shape
+    elif isinstance(I, torch.Tensor):
+        kind_ok, shape = not (I.is_floating_point() or I.is_complex() or I.dtype == torch.bool), I.shape
+    else:
+        raise ValueError(f'I must be a 2-D integer torch tensor or numpy array (nq x k), got {type(I).__name__}')
+    if not kind_ok or len(shape) != 2:
+        raise ValueError(f'I must be a 2-D integer torch tensor or numpy array (nq x k), got shape {tuple(shape)}')
+    if (I < 0).any():
+        raise ValueError('I holds negative indices (faiss writes -1 when it found fewer than k results): '
+                         'search with a smaller k or drop those columns')
+    return I.T.copy() if _is_numpy(I) else I.T.contiguous()
+
+
+def rerank_block(top, q, x_top, neighbours, weights, q_raw=None):
+    """Stages 1c-2b for one chunk of c queries: returns (new top (c x m database indices), their
+    scores (S1 + S2) / 2 in that order (c x m)). ``q_raw`` = :func:`similarities` (x_top, q) when
+    the caller already has it (the sweep reuses it across settings)."""
+    s1 = weighted_sums(similarities(x_top, q) if q_raw is None else q_raw, neighbours, weights)
+    s1_sorted, order = torch.sort(s1, dim=1, descending=True, stable=True)
+    best = order[:, :neighbours.shape[-1]]
+    q_mda = mda_query(augment(x_top, neighbours, weights, rows=best))
+    s2 = augmented_scores(x_top, q_mda, neighbours, weights).gather(1, order)
+    scores, final_order = mda_order(s1_sorted, s2)
+    return top.gather(1, order).gather(1, final_order), scores
 
 
 def augmented_chunks(Q, X, top_all, K, beta, chunk_size=None):
@@ -75,12 +118,21 @@ def augmentation_neighbours(x_top, K, beta, gram_out=None):
     """Stage 1a. x_top (c x m x D) -> neighbours (c x m x k positions in the top) and their
     normalised weights w / sum(w) (c x m x k), k = min(K+1, m)."""
     m = x_top.shape[1]
-    k = min(K + 1, m)
-    gram = torch.bmm(x_top, x_top.transpose(1, 2), out=gram_out)
-    values, neighbours = top_entries(gram, k)
+    values, neighbours = top_entries(gram_matrices(x_top, gram_out), min(K + 1, m))
+    return neighbours, neighbour_weights(values, beta)
+
+
+def gram_matrices(x_top, out=None):
+    """A = X_T X_T^T per query (c x m x m)."""
+    return torch.bmm(x_top, x_top.transpose(1, 2), out=out)
+
+
+def neighbour_weights(values, beta):
+    """Normalised augmentation weights (c x m x k) from the neighbours' similarities: the item
+    itself 1, its neighbours beta * similarity."""
     weights = values * beta
     weights[..., 0] = 1.0
-    return neighbours, weights / weights.sum(-1, keepdim=True)
+    return weights / weights.sum(-1, keepdim=True)
 
 
 def top_entries(scores, k):
@@ -113,7 +165,16 @@ def augment(x_top, neighbours, weights, rows=None):
 
 def augmented_scores(x_top, v, neighbours, weights):
     """v_b . d_{b,i} for every top item (c x m), without forming d: d is linear in x."""
-    raw = torch.bmm(x_top, v.unsqueeze(-1)).squeeze(-1)                   # c x m
+    return weighted_sums(similarities(x_top, v), neighbours, weights)
+
+
+def similarities(x_top, v):
+    """v_b . x_{b,i} for every top item (c x m)."""
+    return torch.bmm(x_top, v.unsqueeze(-1)).squeeze(-1)
+
+
+def weighted_sums(raw, neighbours, weights):
+    """sum_j w_ij raw_{n_i(j)} (c x m): v . d_i from the raw similarities v . x."""
     c, m, k = neighbours.shape
     return (raw.gather(1, neighbours.reshape(c, m * k)).view(c, m, k) * weights).sum(-1)
 
@@ -124,8 +185,8 @@ def mda_query(best_descriptors):
 
 
 def mda_order(s1_sorted, s2):
-    """Stage 2b. Final order of the top block: positions into P sorted by (S1 + S2) / 2."""
-    return torch.sort((s1_sorted + s2) / 2, dim=1, descending=True, stable=True).indices
+    """Stage 2b. (sorted (S1 + S2) / 2, the final order of the top block as positions into P)."""
+    return torch.sort((s1_sorted + s2) / 2, dim=1, descending=True, stable=True)
 
 
 def compute_dtype(Q, X):
@@ -160,19 +221,38 @@ class ChunkBuffers:
         return self.grams[:c]
 
 
-def check_arguments(Q, X, ranks, M, K, beta, chunk_size):
+def as_tensors(Q, X, ranks):
+    """(True when the inputs are numpy arrays, (Q, X, ranks) as tensors). numpy arrays are wrapped
+    without a copy when they can be; each must be of the right kind to be converted at all."""
+    kinds = [_is_numpy(a) for a in (Q, X, ranks)]
+    if not any(kinds):
+        return False, (Q, X, ranks)
+    if not all(kinds):
+        raise ValueError('Q, X and ranks must be all torch tensors or all numpy arrays, got '
+                         + ', '.join(type(a).__name__ for a in (Q, X, ranks)))
+    for name, a, wanted in (('Q', Q, 'f'), ('X', X, 'f'), ('ranks', ranks, 'iu')):
+        if a.dtype.kind not in wanted:
+            what = 'floating-point' if wanted == 'f' else 'integer'
+            raise ValueError(f'{name} must be a 2-D {what} torch tensor or numpy array, got dtype {a.dtype}')
+    ranks = ranks if ranks.dtype.kind == 'i' else ranks.astype('int64')
+    # from_numpy shares memory but refuses negative strides (a[::-1]) and warns on read-only
+    # arrays (np.load's mmap): copy those
+    return True, tuple(torch.from_numpy(a if a.flags.writeable and min(a.strides, default=0) >= 0 else a.copy())
+                       for a in (Q, X, ranks))
+
+
+def check_arguments(Q, X, ranks, M, K, beta, chunk_size, columns_are_queries=True):
     for name, t in (('Q', Q), ('X', X)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
-            raise ValueError(f'{name} must be a 2-D floating-point tensor (rows = descriptors)')
+            raise ValueError(f'{name} must be a 2-D floating-point torch tensor or numpy array (rows = descriptors)')
     if Q.shape[1] != X.shape[1]:
         raise ValueError(f'Q and X must have the same descriptor size, got {Q.shape[1]} and {X.shape[1]}')
     if Q.device != X.device:
         raise ValueError(f'Q and X must be on the same device, got {Q.device} and {X.device}')
     if (not isinstance(ranks, torch.Tensor) or ranks.dim() != 2
             or ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool):
-        raise ValueError('ranks must be a 2-D integer tensor (N\' x nq)')
-    if ranks.shape[1] != Q.shape[0]:
-        raise ValueError(f'ranks must have one column per query: {ranks.shape[1]} columns, {Q.shape[0]} queries')
+        raise ValueError("ranks must be a 2-D integer torch tensor or numpy array (N' x nq)")
+    check_orientation(tuple(ranks.shape), Q.shape[0], columns_are_queries)
     if ranks.shape[0] > X.shape[0]:
         raise ValueError(f'ranks has {ranks.shape[0]} rows but X only {X.shape[0]} descriptors')
     if not _is_int(M) or M < 1:
@@ -186,6 +266,28 @@ def check_arguments(Q, X, ranks, M, K, beta, chunk_size):
     top = ranks[:M]
     if top.numel() and (top.min() < 0 or top.max() >= X.shape[0]):
         raise ValueError(f'ranks must hold database indices in [0, {X.shape[0]})')
+
+
+def check_orientation(shape, nq, columns_are_queries):
+    """ranks must be N' x nq. An nq x k array (faiss' orientation) is refused: always when k != nq,
+    and when square unless the caller states the orientation, since both readings then fit."""
+    rows, columns = shape
+    hint = "convert faiss-style nq x k indices with ranks_from_topk(I)"
+    if columns != nq:
+        looks_faiss = ' (it looks like nq x k, the faiss orientation)' if rows == nq else ''
+        raise ValueError(f"ranks must be N' x nq with one column per query: {columns} columns for {nq} "
+                         f"queries{looks_faiss}; {hint}")
+    if rows == nq > 1 and not columns_are_queries:
+        raise ValueError(f"ranks is square ({rows} x {columns}): it could be N' x nq or a faiss-style nq x k; "
+                         f"{hint}, or pass columns_are_queries=True if column j already ranks the "
+                         "database for query j")
+
+
+def _is_numpy(value):
+    """A numpy array, without importing numpy here (modules/ depends on torch only): if numpy was
+    never imported, the caller cannot hold an array."""
+    numpy = sys.modules.get('numpy')
+    return numpy is not None and isinstance(value, numpy.ndarray)
 
 
 def _is_int(value):
