@@ -244,3 +244,18 @@ def load_cfg_from_args(args, description="SuperGlobal"):
     merge_from_args(config, args)
     config.freeze()
     return config
+
+
+def apply_aliases(config, aliases):
+    """Command-line flags that stand for config keys: ``[(key, value or None, flag), ...]``. A flag
+    sets its key; one that contradicts a key also given as KEY VALUE (or in --cfg) stops the run."""
+    defaults = _flat_keys(get_cfg_defaults())
+    current = _flat_keys(config)
+    for key, value, flag in aliases:
+        if value is None:
+            continue
+        if current[key] != defaults[key] and current[key] != value:
+            raise UserError(f"{flag} {value} contradicts {key} {current[key]}: give it once")
+        _set(config, key, value)
+    validate(config)
+    return config

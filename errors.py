@@ -6,6 +6,8 @@ else is a bug and keeps its traceback. This module imports nothing from the proj
 may raise its error.
 """
 
+import argparse
+import re
 import sys
 
 
@@ -13,18 +15,40 @@ class UserError(Exception):
     """A problem with the user's input: the message names the thing and the fix."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one `error: ...` line, exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (python {self.prog} --help lists the options)")
+
+
 def one_line(text) -> str:
     """`text` on one line (messages quote file contents and library errors)."""
     return " ".join(str(text).split())
 
 
-def exit_code_of(action):
+def worded_for(message: str, flag_names: dict | None) -> str:
+    """`message` with config key names replaced by the flags the user typed (TEST.WEIGHTS ->
+    --weight): the library names settings by their config keys, each entry point by its flags."""
+    for key, flag in (flag_names or {}).items():
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w])", flag, message)
+    return message
+
+
+def typed_flags(flag_keys: dict, argv) -> dict:
+    """{config key: flag} for the flags of `flag_keys` ({flag: key}) that appear in `argv`."""
+    typed = {arg.split("=", 1)[0] for arg in argv}
+    return {key: flag for flag, key in flag_keys.items() if flag in typed}
+
+
+def exit_code_of(action, flag_names=None):
     """Run `action()` for a command-line entry point: 0 when it returns, 2 with the one-line message
-    on stderr when it raises UserError, 130 with one line on Ctrl-C."""
+    on stderr when it raises UserError (config keys worded as the entry point's `flag_names`), 130
+    with one line on Ctrl-C."""
     try:
         action()
     except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        print(f"error: {worded_for(one_line(error), flag_names)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing partial was kept; run the same command again to start over "

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import describe_keys, get_cfg_defaults, load_cfg_from_args, scales_of, validate
-from errors import UserError, exit_code_of
+from config import apply_aliases, describe_keys, load_cfg_from_args, scales_of
+from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from model.checkpoint import checkpoint_path
 from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
 from test.extract import autocast_context
@@ -36,13 +36,8 @@ Trailing KEY VALUE pairs select the descriptor, with the syntax of test.py, e.g.
 Default: the config defaults (GeM+, Regional-GeM, Scale-GeM, ReLU+, 3 scales, fp32)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def build_parser():
-    parser = _Parser(prog="extract_rop1m.py", description=DESCRIPTION, allow_abbrev=False,
+    parser = ArgumentParser(prog="extract_rop1m.py", description=DESCRIPTION, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      usage="python extract_rop1m.py --weight PATH --depth {50,101} --data-dir ROOT "
                            "[options] [KEY VALUE ...]",
@@ -69,26 +64,20 @@ def build_parser():
     return parser
 
 
+FLAG_KEYS = {"--weight": "TEST.WEIGHTS", "--depth": "MODEL.DEPTH", "--batch-size": "TEST.BATCH_SIZE",
+             "--num-workers": "TEST.NUM_WORKERS", "--device": "DEVICE"}
+
+
 def make_cfg(args, opts):
     """Config from the trailing KEY VALUE pairs, then the flags (which must not contradict them)."""
     stray = [o for o in opts if o.startswith("-") and o != "--cfg" and not o[1:2].isdigit() and o[1:2] != "."]
     if stray:
         raise UserError(f"unknown option {stray[0]} (python extract_rop1m.py --help lists them)")
     cfg = load_cfg_from_args(opts, description="extract_rop1m")
-    defaults = get_cfg_defaults()
-    flags = [("MODEL", "DEPTH", args.depth, "--depth"), ("TEST", "WEIGHTS", args.weight, "--weight"),
-             ("TEST", "BATCH_SIZE", args.batch_size, "--batch-size"),
-             ("TEST", "NUM_WORKERS", args.num_workers, "--num-workers"), (None, "DEVICE", args.device, "--device")]
     cfg.defrost()
-    for section, key, value, flag in flags:
-        node, default = (cfg, defaults) if section is None else (cfg[section], defaults[section])
-        name = key if section is None else f"{section}.{key}"
-        if value is None:
-            continue
-        if node[key] != default[key] and node[key] != value:
-            raise UserError(f"{flag} {value} contradicts {name} {node[key]}: give it once")
-        node[key] = value
-    validate(cfg)
+    apply_aliases(cfg, [("MODEL.DEPTH", args.depth, "--depth"), ("TEST.WEIGHTS", args.weight, "--weight"),
+                        ("TEST.BATCH_SIZE", args.batch_size, "--batch-size"),
+                        ("TEST.NUM_WORKERS", args.num_workers, "--num-workers"), ("DEVICE", args.device, "--device")])
     if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.MODEL.TYPE != "RESNET":
         raise UserError("extract_rop1m.py computes SuperGlobal descriptors on the CVNet ResNet only: "
                         "leave TEST.DESCRIPTOR and MODEL.TYPE at their defaults")
@@ -270,7 +259,7 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         parser.print_help()
         return 0
-    return exit_code_of(lambda: run(*parser.parse_known_args(argv)))
+    return exit_code_of(lambda: run(*parser.parse_known_args(argv)), typed_flags(FLAG_KEYS, argv))
 
 
 if __name__ == "__main__":

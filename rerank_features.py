@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError, exit_code_of
+from config import apply_aliases, get_cfg_defaults, load_cfg_from_args
+from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from test.device import resolve_device
 from test.feature_files import load_features, load_ground_truth, load_gldv2_checked
 from test.writer import atomic_write, refuse_input, register_input, save_npy
@@ -34,19 +35,35 @@ METHODS = {
 }
 
 
+def take_reranking_config(args, opts):
+    """M, K, beta from the one config: defaults, then --cfg and trailing KEY VALUE pairs, then the
+    --M/--K/--beta aliases (checked by config.validate like every other key)."""
+    stray = [o for o in opts if o.startswith("-")]
+    if stray:
+        raise UserError(f"unrecognized arguments: {stray[0]} (python rerank_features.py --help lists the options)")
+    cfg = load_cfg_from_args((["--cfg", args.cfg] if args.cfg else []) + opts)
+    cfg.defrost()
+    apply_aliases(cfg, [("SupG.M", args.M, "--M"), ("SupG.K", args.K, "--K"), ("SupG.beta", args.beta, "--beta")])
+    args.M, args.K, args.beta = cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta
+
+
 def parse_args(argv):
     from test.baselines import DBA_ALPHA, DBA_K, QE_ALPHA, QE_N
 
-    p = argparse.ArgumentParser(prog="rerank_features.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = get_cfg_defaults().SupG
+    p = ArgumentParser(prog="rerank_features.py", description=__doc__.split("\n")[0], allow_abbrev=False,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="Trailing KEY VALUE pairs set config keys (e.g. SupG.M 200); --cfg FILE reads a "
+                              "config.yaml that test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, SupG.beta.")
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")
     p.add_argument("--query", help="query features (.npy / .npz), nq x D")
     p.add_argument("--db", help="database features (.npy / .npz), N x D")
     p.add_argument("--ranks", help="initial ranks (.npy, N' x nq); default: the npz's ranks_global or X Q^T")
     p.add_argument("--methods", default="supg", help="comma-separated: " + ", ".join(METHODS))
-    p.add_argument("--M", type=int, default=400, help="SuperGlobal: top M reranked")
-    p.add_argument("--K", type=int, default=9, help="SuperGlobal: neighbours per descriptor")
-    p.add_argument("--beta", type=float, default=0.15, help="SuperGlobal: neighbour weight")
+    p.add_argument("--M", type=int, help=f"SuperGlobal: top M reranked (SupG.M, default {defaults.M})")
+    p.add_argument("--K", type=int, help=f"SuperGlobal: neighbours per descriptor (SupG.K, default {defaults.K})")
+    p.add_argument("--beta", type=float, help=f"SuperGlobal: neighbour weight (SupG.beta, default {defaults.beta})")
+    p.add_argument("--cfg", help="a test.py config.yaml: its SupG.M, SupG.K, SupG.beta")
     p.add_argument("--qe-n", type=int, default=QE_N, help="alpha-QE: top database items added to the query")
     p.add_argument("--qe-alpha", type=float, default=QE_ALPHA, help="alpha-QE: similarity power")
     p.add_argument("--qe-exclude-query", action="store_true",
@@ -62,7 +79,8 @@ def parse_args(argv):
                                  "named <stem>.<method><ext>, when several methods run)")
     p.add_argument("--topk", type=int, default=100, help="rank positions written with --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    args = p.parse_args(argv)
+    args, opts = p.parse_known_args(argv)
+    take_reranking_config(args, opts)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
@@ -75,15 +93,12 @@ def parse_args(argv):
         raise UserError("nothing to do: give --gnd or --gldv2 to evaluate and/or --out to write the reranked ranks")
     if args.gnd and args.gldv2:
         raise UserError("give --gnd or --gldv2, not both")
-    for name in ("M", "topk"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("K", "qe_n", "dba_k"):
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    for name in ("qe_n", "dba_k"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.K >= args.M:
-        raise UserError(f"--K ({args.K}) must be below --M ({args.M})")
-    for name in ("beta", "qe_alpha", "dba_alpha"):
+    for name in ("qe_alpha", "dba_alpha"):
         if not np.isfinite(getattr(args, name)) or getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0")
     return args
@@ -176,7 +191,8 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    return exit_code_of(lambda: run(parse_args(argv)))
+    return exit_code_of(lambda: run(parse_args(argv)),
+                        typed_flags({"--M": "SupG.M", "--K": "SupG.K", "--beta": "SupG.beta"}, argv))
 
 
 if __name__ == "__main__":
