@@ -124,6 +124,9 @@ def _read_json(path):
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read ground-truth JSON {path}: {' '.join(str(error).split())}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise UserError(f"cannot read ground-truth JSON {path}: nested too deeply to be a ground truth "
+                        "(see docs/custom_data.md)") from None
     database = None
     if isinstance(data, dict):
         database, data = data.get("database"), data.get("queries")
