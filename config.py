@@ -205,9 +205,10 @@ def _not_finite(flat):
 
 
 def _bad_value(flat, key, expected):
-    """The UserError for an out-of-range value; `.key` lets the caller say which file set it."""
+    """The UserError for an out-of-range value; `.key` and `.expected` let a caller word it with the
+    file or the flag that set the value."""
     error = UserError(f"bad value {flat[key]!r} for {key}: expected {expected}")
-    error.key = key
+    error.key, error.expected = key, expected
     return error
 
 
@@ -237,8 +238,9 @@ def validate(config):
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
-        ("DEVICE", re.fullmatch(r"auto|cpu|cuda(:\d+)?", flat["DEVICE"]) is not None,
-         "auto, cpu, cuda or cuda:N"),
+        # torch keeps a device index in 8 bits (cuda:128 becomes cuda:-128) and refuses cuda:00
+        ("DEVICE", re.fullmatch(r"auto|cpu|cuda(:(0|[1-9]\d?|1[01]\d|12[0-7]))?", flat["DEVICE"]) is not None,
+         "auto, cpu, cuda or cuda:N (N from 0 to 127)"),
     ]
     for key, ok, expected in checks:
         if not ok:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from config import describe_keys, get_cfg_defaults, load_cfg_from_args, scales_of, validate
 from errors import UserError, exit_code_of
 from model.checkpoint import checkpoint_path, load_weights
-from model.fingerprint import descriptor_fingerprint
+from model.fingerprint import descriptor_fingerprint, file_sha256
 from model.superglobal import build_descriptor
 from test.extract import autocast_context
 from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
@@ -89,7 +89,14 @@ def make_cfg(args, opts):
         if node[key] != default[key] and node[key] != value:
             raise UserError(f"{flag} {value} contradicts {name} {node[key]}: give it once")
         node[key] = value
-    validate(cfg)
+    try:
+        validate(cfg)
+    except UserError as error:  # config's checks, worded with the flag the user typed
+        flag = {f"{section}.{key}" if section else key: (flag, value)
+                for section, key, value, flag in flags if value is not None}.get(getattr(error, "key", None))
+        if flag is None:
+            raise
+        raise UserError(f"bad value {flag[1]!r} for {flag[0]}: expected {error.expected}") from None
     if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.MODEL.TYPE != "RESNET":
         raise UserError("extract_rop1m.py computes SuperGlobal descriptors on the CVNet ResNet only: "
                         "leave TEST.DESCRIPTOR and MODEL.TYPE at their defaults")
@@ -166,10 +173,15 @@ def refuse_foreign_output(output, identity):
         diffs = identity_differences({"fingerprint": stored.get("fingerprint", {}),
                                       "image_list": stored.get("image_list", {})},
                                      {"fingerprint": identity["fingerprint"], "image_list": identity["image_list"]})
-        why = f"with other settings (now vs then: {'; '.join(diffs)})" if diffs else "by an unfinished or other run"
-    except (OSError, ValueError, AttributeError):
+        if diffs:
+            why = f"but was made with other settings (now vs then: {'; '.join(diffs)})"
+        elif output.is_file() and file_sha256(output) != stored.get("output_sha256"):
+            why = f"but its sha256 is not the one recorded in {sidecar.name} (damaged or replaced after the run)"
+        else:
+            why = "but was made by an unfinished or other run"
+    except (OSError, ValueError, AttributeError, RecursionError):
         why = "without a readable sidecar" if output.exists() else "(only its sidecar exists)"
-    raise UserError(f"{output} exists, made {why}; delete it and {sidecar.name} or choose another --output")
+    raise UserError(f"{output} exists {why}; delete it and {sidecar.name} or choose another --output")
 
 
 def run(args, opts):

@@ -55,6 +55,9 @@ def test_typed_values_and_lists():
     ("SupG.rerank maybe", ["SupG.rerank", "True or False"]),
     ("MODEL.DEPTH fifty", ["MODEL.DEPTH", "50, 101"]),
     ("DEVICE gpu", ["DEVICE", "cuda:N"]),
+    ("DEVICE cuda:128", ["DEVICE", "N from 0 to 127"]),  # torch would wrap it to cuda:-128
+    ("DEVICE cuda:00", ["DEVICE", "cuda:N"]),
+    ("DEVICE cuda:99999999999999999999", ["DEVICE", "cuda:N"]),
 ])
 def test_bad_command_lines_name_the_key(line, words):
     with pytest.raises(UserError) as error:

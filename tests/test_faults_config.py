@@ -24,6 +24,8 @@ CASES = [
     ("K_not_below_M", ["SupG.M", "10", "SupG.K", "10"], ["SupG.K", "below SupG.M (10)"]),
     ("negative_beta", ["SupG.beta", "-0.1"], ["SupG.beta", ">= 0"]),
     ("missing_value", ["SupG.M"], ["missing value for SupG.M"]),
+    ("device_tpu", ["DEVICE", "tpu"], ["bad value 'tpu' for DEVICE", "auto, cpu, cuda or cuda:N"]),
+    ("device_index_128", ["DEVICE", "cuda:128"], ["bad value 'cuda:128' for DEVICE", "N from 0 to 127"]),
 ]
 
 
