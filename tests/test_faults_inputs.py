@@ -3,7 +3,8 @@
 
 - GLDv2 CSVs (retrieval_solution_v2.1.csv, index.csv, test.csv): missing columns, a wrong header,
   ragged rows, an empty file, non-UTF-8 bytes, a NUL byte;
-- custom-dataset ground truths (gt.csv / gt.json): non-UTF-8 bytes, JSON nested too deeply for
+- custom-dataset ground truths (gt.csv / gt.json): non-UTF-8 bytes, integers beyond the float or
+  string-conversion limits, JSON nested too deeply for
   json.loads (RecursionError);
 - R1M distractor files: an object array (.npy) that allow_pickle=False cannot load, an .npz archive,
   a sidecar nested too deeply;
@@ -15,6 +16,7 @@ are read before the weights, so those stops leave no log line.
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -101,10 +103,21 @@ def custom_case(case, folder):
         path = folder / "gt.json"
         path.write_text('{"queries": ' + '{"a": ' * 100000 + "1" + "}" * 100001)
         return path, ["nested too deeply"]
+    if case == "json_5000_digit_int":
+        path = folder / "gt.json"
+        path.write_text('[{"query": "q.jpg", "relevant": [], "bbox": [' + "9" * 5000 + ', 0, 1, 1]}]')
+        return path, ["cannot read ground-truth JSON", "Exceeds the limit (4300 digits)"]
+    if case == "json_bbox_beyond_float":
+        path = folder / "gt.json"
+        path.write_text('[{"query": "q.jpg", "relevant": [], "bbox": [' + "9" * 400 + ', 0, 1, 1]}]')
+        for name in ("q.jpg", "db.jpg"):
+            cv2.imwrite(str(folder / name), np.zeros((8, 8, 3), np.uint8))
+        return path, ["query 0: bbox has a coordinate beyond the float range"]
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["csv_latin1", "json_latin1", "json_nested_list", "json_nested_object"])
+@pytest.mark.parametrize("case", ["csv_latin1", "json_latin1", "json_nested_list", "json_nested_object",
+                                  "json_5000_digit_int", "json_bbox_beyond_float"])
 def test_unreadable_custom_ground_truth_stops_with_one_line(ws, tmp_path, entry, case):
     root, _ = ws
     path, fragments = custom_case(case, tmp_path / "photos")
