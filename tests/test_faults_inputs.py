@@ -4,8 +4,7 @@
 - GLDv2 CSVs (retrieval_solution_v2.1.csv, index.csv, test.csv): missing columns, a wrong header,
   ragged rows, an empty file, non-UTF-8 bytes, a NUL byte;
 - custom-dataset ground truths (gt.csv / gt.json): non-UTF-8 bytes, integers beyond the float or
-  string-conversion limits, JSON nested too deeply for
-  json.loads (RecursionError);
+  string-conversion limits, JSON nested too deeply for json.loads (RecursionError);
 - R1M distractor files: an object array (.npy) that allow_pickle=False cannot load, an .npz archive,
   a sidecar nested too deeply;
 - the R1M image list (revisitop1m.txt): non-UTF-8 bytes.
