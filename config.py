@@ -10,6 +10,7 @@ Each default below carries a one-line comment; `python test.py --help` prints th
 
 import ast
 import difflib
+import math
 import re
 from pathlib import Path
 
@@ -75,6 +76,9 @@ _CHOICES = {
     "TEST.DESCRIPTOR": ["superglobal", "cvnet"],
     "TEST.CVNET_UPSCALE": ["linear", "cubic"],
 }
+
+# torch keeps a device index in 8 bits (cuda:128 becomes cuda:-128) and refuses cuda:00
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:(0|[1-9]\d?|1[01]\d|12[0-7]))?")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -182,19 +186,52 @@ def _set(config, key, value):
     node[leaf] = value
 
 
+# GeM+ and Regional-GeM raise activations to the power p in float32, which overflows (inf, then NaN
+# descriptors) once p * ln(x) > ln(FLT_MAX) = 88.7, i.e. for activations above exp(88.7 / p).
+# Measured with real pretrained weights (EfficientNet-Lite0, the demo model, on scikit-image photos):
+# its last map before the ReLU6 cap peaks at 15-22 and overflows from p = 30 on (capped at 6, from
+# p = 49). p <= 16 keeps every activation below exp(88.7 / 16) = 256 finite: an order of magnitude
+# above those maps, and 3.5x the paper's 4.6. Below p = 0.1 the float32 rounding of x^p (1e-7
+# relative), raised to the power 1/p, starts to dominate the mean (and overflows near p = 1e-9).
+POWER_RANGE = (0.1, 16.0)
+_INT64 = 2 ** 63 - 1
+
+
+def _not_finite(flat):
+    """The first float key holding inf or NaN, or an integer key beyond int64 (what tensors hold)."""
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return key, "a finite number"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
+            return key, "an integer that fits in 64 bits"
+    return None
+
+
+def _bad_value(flat, key, expected):
+    """The UserError for an out-of-range value; `.key` and `.expected` let a caller word it with the
+    file or the flag that set the value."""
+    error = UserError(f"bad value {flat[key]!r} for {key}: expected {expected}")
+    error.key, error.expected = key, expected
+    return error
+
+
 def validate(config):
     """Check values that have a type but not a sensible range; raise UserError naming the key."""
     flat = _flat_keys(config)
+    bad_number = _not_finite(flat)
+    if bad_number:
+        raise _bad_value(flat, *bad_number)
+    low, high = POWER_RANGE
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
-            raise UserError(f"bad value {flat[key]!r} for {key}: expected {_expected(key, flat[key])}")
+            raise _bad_value(flat, key, _expected(key, flat[key]))
     checks = [
         ("SupG.M", flat["SupG.M"] >= 1, "an integer >= 1"),
         ("SupG.K", flat["SupG.K"] >= 0, "an integer >= 0"),
         ("SupG.K", flat["SupG.K"] < flat["SupG.M"], f"an integer below SupG.M ({flat['SupG.M']})"),
         ("SupG.beta", flat["SupG.beta"] >= 0, "a number >= 0"),
-        ("SupG.gemp_p", flat["SupG.gemp_p"] > 0, "a number > 0"),
-        ("SupG.rgem_p", flat["SupG.rgem_p"] > 0, "a number > 0"),
+        ("SupG.gemp_p", low <= flat["SupG.gemp_p"] <= high, f"a number from {low} to {high}"),
+        ("SupG.rgem_p", low <= flat["SupG.rgem_p"] <= high, f"a number from {low} to {high}"),
         ("SupG.rgem_size", flat["SupG.rgem_size"] >= 1 and flat["SupG.rgem_size"] % 2 == 1,
          "an odd integer >= 1"),
         ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
@@ -204,12 +241,12 @@ def validate(config):
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
-        ("DEVICE", re.fullmatch(r"auto|cpu|cuda(:\d+)?", flat["DEVICE"]) is not None,
-         "auto, cpu, cuda or cuda:N"),
+        ("DEVICE", DEVICE_PATTERN.fullmatch(flat["DEVICE"]) is not None,
+         "auto, cpu, cuda or cuda:N (N from 0 to 127)"),
     ]
     for key, ok, expected in checks:
         if not ok:
-            raise UserError(f"bad value {flat[key]!r} for {key}: expected {expected}")
+            raise _bad_value(flat, key, expected)
 
 
 def describe_keys():
@@ -224,24 +261,97 @@ def describe_keys():
     return "\n".join(lines)
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _coerce_value(key, value, default):
+    """A value read from a YAML file, turned into the default's type like a command-line value."""
+    if isinstance(value, str):
+        return _parse_value(key, value, default)
+    kinds = {bool: (bool,), int: (int,), float: (int, float), list: (list,), str: ()}[type(default)]
+    ok = isinstance(value, kinds) and (isinstance(default, bool) or not isinstance(value, bool))
+    if isinstance(value, list):
+        ok = ok and bool(value) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise UserError(f"bad value {value!r} for {key}: expected {_expected(key, default)}")
+    return float(value) if isinstance(default, float) else value
+
+
+def _yaml_pairs(node, data, prefix=""):
+    """(full key, value) for every leaf of the YAML mapping `data`, checked against the sections of
+    `node`: an unknown key, a section given a value or a value given a section is refused."""
+    known = list(_flat_keys(node, prefix)) + [prefix + k for k, v in node.items() if isinstance(v, CfgNode)]
+    for name, value in data.items():
+        full = f"{prefix}{name}"
+        if not isinstance(name, str) or name not in node:
+            raise UserError(f"unknown config key {full!r}{_closest(full, known)}")
+        if isinstance(node[name], CfgNode):
+            if not isinstance(value, dict):
+                raise UserError(f"{full} is a section: expected its keys indented below it, found {value!r}")
+            yield from _yaml_pairs(node[name], value, full + ".")
+        else:
+            yield full, _coerce_value(full, value, node[name])
+
+
+def _read_yaml_cfg(path, defaults):
+    """A CfgNode of the keys set by the YAML file at `path`, each typed and checked like a command-line
+    value. Only YAML is read, with yaml.safe_load: yacs' merge_from_file would execute a .py file."""
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        raise UserError(f"config file {path}: only YAML files (.yaml or .yml) are accepted; "
+                        f"{path.suffix or 'a file without extension'} is refused (a .py config would run code)")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {error.start})") from None
+    except RecursionError:
+        raise UserError(f"bad config file {path}: nested too deeply to be a config") from None
+    except yaml.YAMLError as error:
+        first = " ".join(str(error).split())[:200] or type(error).__name__
+        raise UserError(f"bad config file {path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict):
+        found = "nothing (empty file)" if data is None else f"{type(data).__name__} {str(data)[:60]}"
+        raise UserError(f"bad config file {path}: expected a mapping of sections (e.g. 'SupG:' with keys "
+                        f"below it), found {found}")
+    try:
+        override = CfgNode()
+        for key, value in _yaml_pairs(defaults, data):
+            node = override
+            *parents, leaf = key.split(".")
+            for name in parents:
+                node = node.setdefault(name, CfgNode())
+            node[leaf] = value
+    except UserError as error:
+        raise UserError(f"bad config file {path}: {error}") from None
+    return override
+
+
 def load_cfg_from_args(args, description="SuperGlobal"):
-    """Defaults overridden by the command line; `--cfg FILE` merges a yacs YAML file first."""
+    """Defaults overridden by the command line; `--cfg FILE.yaml` merges a YAML file first."""
     config = get_cfg_defaults()
     args = list(args)
     if "--cfg" in args:
         at = args.index("--cfg")
         if at + 1 >= len(args):
             raise UserError("missing file after --cfg")
+        if "--cfg" in args[at + 1:]:
+            raise UserError("--cfg given twice: merge the two files into one")
         path = Path(args[at + 1])
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        try:
-            config.merge_from_file(str(path))
-        except (KeyError, ValueError, AssertionError, yaml.YAMLError, OSError, UnicodeDecodeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"bad config file {path}: {first}") from None
+        from_file = _read_yaml_cfg(path, config)
+        config.merge_from_other_cfg(from_file)
         del args[at:at + 2]
-    merge_from_args(config, args)
+        try:
+            merge_from_args(config, args)
+        except UserError as error:  # a range check on a value that only the file set: name the file
+            key = getattr(error, "key", None)
+            if key in _flat_keys(from_file) and key not in args:
+                raise UserError(f"bad config file {path}: {error}") from None
+            raise
+    else:
+        merge_from_args(config, args)
     config.freeze()
     return config
 

@@ -22,7 +22,9 @@ from tqdm import tqdm
 from config import apply_aliases, describe_keys, load_cfg_from_args, scales_of
 from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from model.checkpoint import checkpoint_path
+from model.fingerprint import file_sha256
 from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
+from test.device import resolve_device
 from test.extract import autocast_context
 from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
                         merge, parts_of_shard, read_image_list, require_some_images, run_identity,
@@ -114,24 +116,6 @@ def shard_of(args):
     return num_shards, shard_id, local_rank
 
 
-def resolve_device(name, local_rank=None):
-    """auto -> CUDA when present, else CPU; under torchrun, auto/cuda -> cuda:LOCAL_RANK."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        name = "cuda"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-        if name == "cuda" and local_rank is not None:
-            name = f"cuda:{local_rank}"
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices here")
-        return device
-    return torch.device(name)
-
-
 def _duration(seconds):
     seconds = int(round(seconds))
     days, rest = divmod(seconds, 86400)
@@ -154,10 +138,15 @@ def refuse_foreign_output(output, identity):
         diffs = identity_differences({"fingerprint": stored.get("fingerprint", {}),
                                       "image_list": stored.get("image_list", {})},
                                      {"fingerprint": identity["fingerprint"], "image_list": identity["image_list"]})
-        why = f"with other settings (now vs then: {'; '.join(diffs)})" if diffs else "by an unfinished or other run"
-    except (OSError, ValueError, AttributeError):
+        if diffs:
+            why = f"but was made with other settings (now vs then: {'; '.join(diffs)})"
+        elif output.is_file() and file_sha256(output) != stored.get("output_sha256"):
+            why = f"but its sha256 is not the one recorded in {sidecar.name} (damaged or replaced after the run)"
+        else:
+            why = "but was made by an unfinished or other run"
+    except (OSError, ValueError, AttributeError, RecursionError):
         why = "without a readable sidecar" if output.exists() else "(only its sidecar exists)"
-    raise UserError(f"{output} exists, made {why}; delete it and {sidecar.name} or choose another --output")
+    raise UserError(f"{output} exists {why}; delete it and {sidecar.name} or choose another --output")
 
 
 def run(args, opts):
@@ -166,7 +155,7 @@ def run(args, opts):
     if args.shard_size < 1:
         raise UserError(f"bad value {args.shard_size} for --shard-size: expected an integer >= 1")
     num_shards, shard_id, local_rank = shard_of(args)
-    device = resolve_device(cfg.DEVICE, local_rank)
+    device = resolve_device(cfg.DEVICE, "DEVICE", local_rank)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # DataLoader pinning and caches go to this process's GPU
     autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work

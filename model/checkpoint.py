@@ -94,12 +94,31 @@ def _mismatch_message(path, model, state, missing, misshaped):
             f"({shown}); is it a CVNet ResNet-{model.depth} checkpoint?")
 
 
+def _kind(value):
+    """What a checkpoint entry is, for a message: `a torch.int64 tensor`, `a str`."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor"
+    return f"a {type(value).__name__}"
+
+
+def check_float_tensors(path, state, keys):
+    """Refuse (UserError naming the first key) entries that are not floating-point tensors: an
+    integer, bool or complex tensor, a string or a list would otherwise be cast or crash on load."""
+    bad = [k for k in keys if k in state and not (isinstance(state[k], torch.Tensor)
+                                                  and state[k].is_floating_point())]
+    if bad:
+        raise UserError(f"{path}: {bad[0]} is {_kind(state[bad[0]])}, not a floating-point tensor"
+                        f"{f' ({len(bad)} such entries)' if len(bad) > 1 else ''}; the file is not a usable "
+                        f"checkpoint: {WEIGHTS_URL_HINT}")
+
+
 def load_weights(model, weights, depth=None):
     """Load a CVNet checkpoint (file or directory) into `model` (a model.resnet.ResNet). Returns the path."""
     path = checkpoint_path(weights, depth if depth is not None else model.depth)
     state = strip_prefixes(read_state_dict(path))
     expected = model.state_dict()
-    required = [k for k in expected if not k.endswith("num_batches_tracked")]
+    required = [k for k in expected if not k.endswith("num_batches_tracked")]  # int64 counters: not loaded
+    check_float_tensors(path, state, required)
     missing = [k for k in required if k not in state]
     misshaped = [k for k in required if k in state and state[k].shape != expected[k].shape]
     unexpected = [k for k in state if k not in expected and BACKBONE_KEY.match(k)]

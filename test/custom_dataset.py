@@ -86,7 +86,10 @@ def _parse_box(value, where):
     if (not isinstance(value, (list, tuple)) or len(value) != 4
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
         raise UserError(f"{where}: bbox {value!r} must be 4 numbers x1 y1 x2 y2")
-    box = tuple(float(v) for v in value)
+    try:
+        box = tuple(float(v) for v in value)
+    except OverflowError:  # an integer too large for a float
+        raise UserError(f"{where}: bbox has a coordinate beyond the float range") from None
     if not all(math.isfinite(v) for v in box):
         raise UserError(f"{where}: bbox {list(box)} has a non-finite coordinate")
     x1, y1, x2, y2 = (int(v) for v in box)
@@ -122,8 +125,11 @@ def _read_csv(path):
 def _read_json(path):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read ground-truth JSON {path}: {' '.join(str(error).split())}") from None
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError, a 5000-digit int
+        raise UserError(f"cannot read ground-truth JSON {path}: {' '.join(str(error).split())[:200]}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise UserError(f"cannot read ground-truth JSON {path}: nested too deeply to be a ground truth "
+                        "(see docs/custom_data.md)") from None
     database = None
     if isinstance(data, dict):
         database, data = data.get("database"), data.get("queries")

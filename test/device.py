@@ -1,12 +1,9 @@
 """The one device resolver of the three entry points (DEVICE, --device)."""
 
-import re
-
 import torch
 
+from config import DEVICE_PATTERN
 from errors import UserError
-
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(name: str, flag: str = "DEVICE", local_rank: int | None = None) -> torch.device:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def _read_sidecar(sidecar: Path, path: Path) -> dict:
 
     try:
         meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise invalid(f"not readable JSON ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise invalid(f"not readable JSON ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     if not isinstance(meta, dict):
         raise invalid("expected a JSON object")
     missing = [k for k in SIDECAR_KEYS if k not in meta]
@@ -171,8 +172,9 @@ def _open_matrix(path: Path):
         raise UserError(f"distractor features file is empty: {path}; {EXTRACT_HINT}")
     try:
         if magic.startswith(_NPY_MAGIC):
-            return np.load(path, mmap_mode="r", allow_pickle=False), "npy", True
+            return _load_npy(path), "npy", True
         if magic.startswith(_ZIP_MAGIC):
+            _refuse_npz(path)
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True), "torch", True
             except RuntimeError:
@@ -186,6 +188,32 @@ def _open_matrix(path: Path):
         raise UserError(f"cannot read distractor features {path} ({type(exc).__name__}: "
                         f"{' '.join(str(exc).split())[:300]}); expected a torch.save'd N x D tensor or a "
                         f".npy float matrix; {EXTRACT_HINT}") from None
+
+
+def _load_npy(path: Path):
+    """np.load without pickles, memory-mapped; an object array (pickled Python objects, which could
+    run code when loaded) is refused by numpy with a ValueError that we word for the user."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "object" not in str(exc).lower() and "pickle" not in str(exc).lower():
+            raise
+        raise UserError(f"distractor features {path} hold Python objects (dtype object), which are not loaded "
+                        f"because unpickling them could run code; expected an N x D float matrix; "
+                        f"{EXTRACT_HINT}") from None
+
+
+def _refuse_npz(path: Path):
+    """An .npz archive (a zip of .npy members) is not a torch file: say so instead of torch's error."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # let torch.load report the damaged file
+    if names and all(name.endswith(".npy") and "/" not in name for name in names):
+        shown = ", ".join(name[:-4] for name in names[:5]) + (", ..." if len(names) > 5 else "")
+        raise UserError(f"distractor features {path} are an .npz archive (arrays {shown}); save the N x D float "
+                        f"matrix alone with np.save (.npy) or torch.save (.pth); {EXTRACT_HINT}")
 
 
 def _validate_matrix(matrix, path: Path, dim):

@@ -28,6 +28,7 @@ official path) works; nothing crashes below that either, but descriptors of 1-2 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,15 +52,46 @@ def image_path(root, split, image_id) -> Path:
     return Path(root) / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
 
 
+def read_csv_rows(path, required, example) -> list[dict]:
+    """The rows of a GLDv2 CSV as dicts, after checking the whole file: UTF-8 text, a header with the
+    `required` columns, every row as long as the header. UserError naming the file (and the line)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")  # decoded whole: the byte offset is the file's
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}): expected a CSV with header {example}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in required if name not in header]
+        if missing:
+            found = f"header {','.join(header)}" if header else "an empty file"
+            raise UserError(f"{path} lacks column(s) {missing}: expected a header line {example}, found {found}")
+        rows = []
+        for fields in reader:
+            if not fields:
+                continue  # a blank line
+            if any("\0" in field for field in fields):  # Python's csv accepts NUL bytes since 3.11
+                raise UserError(f"{path} line {reader.line_num} holds a NUL byte: not a text CSV")
+            if len(fields) != len(header):
+                raise UserError(f"{path} line {reader.line_num}: {len(fields)} fields but the header has "
+                                f"{len(header)} ({','.join(header)}); quote fields that contain commas")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+        raise UserError(f"{path} line {reader.line_num} is not readable CSV ({error})") from None
+    return rows
+
+
 def read_ids(root, split) -> list[str]:
     """Ids of a split: the 'id' column of <root>/<split>.csv, else the .jpg files under <root>/<split>/."""
     listing = Path(root) / f"{split}.csv"
     if listing.is_file():
-        with open(listing, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if "id" not in (reader.fieldnames or []):
-                raise UserError(f"{listing} has no 'id' column (found {reader.fieldnames})")
-            return [row["id"].strip() for row in reader if row["id"].strip()]
+        ids = [row["id"].strip() for row in read_csv_rows(listing, ["id"], "id[,...]") if row["id"].strip()]
+        if not ids:
+            raise UserError(f"{listing} lists no ids: fill its 'id' column or remove it to use the images found "
+                            f"under {Path(root) / split}/")
+        return ids
     folder = Path(root) / split
     if not folder.is_dir():
         raise UserError(f"GLDv2 {split} images not found: neither {listing} nor {folder}/ exists")
@@ -72,17 +104,12 @@ def read_solution(path) -> dict[str, tuple[list[str], str]]:
     if not path.is_file():
         raise UserError(f"GLDv2 solution file not found: {path}")
     solution = {}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "images", "Usage"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path} lacks column(s) {sorted(missing)} (expected id,images,Usage)")
-        for row in reader:
-            usage = row["Usage"].strip()
-            images = [] if row["images"].strip() in ("", "None") else row["images"].split()
-            if usage in USAGES and not images:
-                raise UserError(f"{path}: {usage} query {row['id']} has no relevant images")
-            solution[row["id"].strip()] = (images, usage)
+    for row in read_csv_rows(path, ["id", "images", "Usage"], "id,images,Usage"):
+        usage = row["Usage"].strip()
+        images = [] if row["images"].strip() in ("", "None") else row["images"].split()
+        if usage in USAGES and not images:
+            raise UserError(f"{path}: {usage} query {row['id']} has no relevant images")
+        solution[row["id"].strip()] = (images, usage)
     return solution
 
 

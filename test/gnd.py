@@ -188,7 +188,10 @@ def _check_indices(values, n_db: int, where: str, path) -> np.ndarray:
     elif isinstance(values, (list, tuple)):
         if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in values):
             raise _invalid(path, f"{where} must contain only integer indices")
-        arr = np.asarray(values, dtype=np.int64)
+        try:
+            arr = np.asarray(values, dtype=np.int64)
+        except OverflowError:  # a Python int beyond int64: certainly not a database index
+            raise _invalid(path, f"{where} has an index beyond the 64-bit range") from None
     else:
         raise _invalid(path, f"{where} must be a list of integer indices, got {type(values).__name__}")
     if arr.ndim != 1:
@@ -208,7 +211,10 @@ def _check_bbx(bbx, where: str, path) -> tuple[float, float, float, float]:
     if (not isinstance(bbx, (list, tuple)) or len(bbx) != 4
             or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in bbx)):
         raise _invalid(path, f"{where} must be 4 numbers [x1, y1, x2, y2], got {bbx!r}")
-    box = tuple(float(v) for v in bbx)
+    try:
+        box = tuple(float(v) for v in bbx)
+    except OverflowError:  # an integer too large for a float
+        raise _invalid(path, f"{where} has a coordinate beyond the float range") from None
     if not all(math.isfinite(v) for v in box):
         raise _invalid(path, f"{where} has a non-finite coordinate: {list(box)}")
     x1, y1, x2, y2 = (int(v) for v in box)  # the official crop truncates with int()

@@ -8,10 +8,13 @@ Layout on disk, for an output FILE:
 - FILE.parts/part-KKKKKK.npy   float32 rows [K*S, min((K+1)*S, N)) of the list (S = --shard-size),
                                zeros for failed images.
 - FILE.parts/part-KKKKKK.json  the part's commit record: its range, the sha256 and size of the .npy,
-                               its failed images. Written last: a part without it is not done.
+                               its failed images, the descriptor fingerprint and image list it was
+                               made with (a part of other settings is refused, naming the keys).
+                               Written last: a part without it is not done.
 - FILE                         torch.save of the (N, D) float32 tensor, in list order.
 - FILE.json                    the sidecar: fingerprint, depth, scales, list sha256/count, count and
-                               dim of the tensor, failed images, sha256 of FILE. Written after FILE.
+                               dim of the tensor, failed images, sha256 of FILE. Written after FILE;
+                               FILE counts as complete only while its sha256 matches this one.
 
 Every file is written to a temporary name in the same directory, fsync'ed, then renamed over the
 final name (os.replace), so a killed process leaves either the old state or the new one, never half
@@ -46,7 +49,7 @@ from test.writer import atomic_write, json_bytes, remove_stale_temps
 
 LIST_NAME = "revisitop1m.txt"
 RUN_FORMAT = "superglobal-rop1m-run/1"
-PART_FORMAT = "superglobal-rop1m-part/1"
+PART_FORMAT = "superglobal-rop1m-part/2"  # /2: each part records the descriptor fingerprint
 SIDECAR_FORMAT = "superglobal-rop1m-features/1"
 IMAGE_DIR = "jpg"
 PROBE_ENTRIES = 100  # the job stops early when none of the list's first entries exists
@@ -261,7 +264,7 @@ class WorkDir:
         if run_file.is_file():
             try:
                 stored = json.loads(run_file.read_text())
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, RecursionError) as error:
                 raise UserError(f"cannot read {run_file} ({error}); {self._start_over()}") from None
             diffs = identity_differences(stored, self.identity)
             if diffs:
@@ -274,6 +277,7 @@ class WorkDir:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create {self.path}: {error.strerror}") from None
+        self.done()  # parts left without their run.json must be of these settings, else stop here
         atomic_write(run_file, json_bytes(self.identity))
         return self
 
@@ -284,7 +288,8 @@ class WorkDir:
         return self.path / f"part-{part:06d}.npy", self.path / f"part-{part:06d}.json"
 
     def record(self, part):
-        """The part's commit record when the part is done (record and data file agree), else None."""
+        """The part's commit record when the part is done (record and data file agree), else None.
+        A finished part made with other settings is refused (UserError naming the differences)."""
         data_file, record_file = self._names(part)
         try:
             record = json.loads(record_file.read_text())
@@ -292,9 +297,23 @@ class WorkDir:
             ok = (record.get("format") == PART_FORMAT and record.get("start") == start
                   and record.get("end") == end and record.get("dim") == self.dim
                   and data_file.stat().st_size == record.get("data_bytes"))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
+        if ok:
+            self._check_provenance(part, record)
         return record if ok else None
+
+    def _check_provenance(self, part, record):
+        """run.json says what this directory computes; each part says what it was computed with. They
+        differ when parts were copied in, or run.json was deleted and re-created by another run."""
+        made_with = {"fingerprint": record.get("fingerprint"), "image_list": record.get("image_list") or {}}
+        now = {"fingerprint": self.identity["fingerprint"], "image_list": self.identity["image_list"]}
+        diffs = identity_differences(made_with, now) if isinstance(made_with["fingerprint"], dict) else \
+            ["fingerprint: none recorded"]
+        if diffs:
+            raise UserError(f"part {part} in {self.path} was made with other settings (now vs then: "
+                            f"{'; '.join(diffs)}); delete {self._names(part)[1].name} and "
+                            f"{self._names(part)[0].name} to recompute it, or {self._start_over()}")
 
     def done(self):
         return {part for part in range(len(self.ranges)) if self.record(part) is not None}
@@ -310,7 +329,8 @@ class WorkDir:
         atomic_write(data_file, data)
         record = {"format": PART_FORMAT, "part": part, "start": start, "end": end, "dim": self.dim,
                   "data_file": data_file.name, "data_bytes": len(data),
-                  "data_sha256": hashlib.sha256(data).hexdigest(), "failed": failed, **info}
+                  "data_sha256": hashlib.sha256(data).hexdigest(), "failed": failed,
+                  "fingerprint": self.identity["fingerprint"], "image_list": self.identity["image_list"], **info}
         atomic_write(record_file, json_bytes(record))
 
     def load(self, part):
@@ -397,13 +417,16 @@ def merge(workdir, output):
 
 
 def completed_sidecar(output, identity):
-    """The sidecar when FILE and FILE.json exist and were made by this run, else None."""
+    """The sidecar when FILE and FILE.json exist, were made by this run, and FILE still has the
+    sha256 the sidecar recorded (a file damaged or replaced with one of the same size is not
+    complete), else None."""
     output = Path(output)
     try:
         sidecar = json.loads(sidecar_path(output).read_text())
         same = (sidecar.get("format") == SIDECAR_FORMAT and sidecar.get("fingerprint") == identity["fingerprint"]
                 and sidecar.get("image_list") == identity["image_list"]
-                and output.stat().st_size == sidecar.get("output_bytes"))
-    except (OSError, ValueError, AttributeError):
+                and output.stat().st_size == sidecar.get("output_bytes")  # cheap first: no hashing when it differs
+                and file_sha256(output) == sidecar.get("output_sha256"))
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return sidecar if same else None

@@ -119,3 +119,18 @@ def test_nan_weights_are_refused(tmp_path, r50):
     path = tmp_path / "nan.pyth"
     write_checkpoint(path, broken)
     assert "NaN" in error_for(path)
+
+
+@pytest.mark.parametrize("value, kind", [
+    (torch.zeros(64, 3, 7, 7, dtype=torch.int64), "torch.int64 tensor"),
+    (torch.zeros(64, 3, 7, 7, dtype=torch.bool), "torch.bool tensor"),
+    ("weights", "a str"),
+    ([[0.0]], "a list"),
+], ids=["int64", "bool", "str", "list"])
+def test_non_float_entry_is_refused_before_any_cast(tmp_path, r50, value, kind):
+    state = dict(r50.state_dict())
+    state["stem.conv.weight"] = value
+    path = tmp_path / "w.pyth"
+    torch.save(state, path)
+    message = error_for(path)
+    assert "stem.conv.weight" in message and kind in message and str(path) in message

@@ -55,6 +55,9 @@ def test_typed_values_and_lists():
     ("SupG.rerank maybe", ["SupG.rerank", "True or False"]),
     ("MODEL.DEPTH fifty", ["MODEL.DEPTH", "50, 101"]),
     ("DEVICE gpu", ["DEVICE", "cuda:N"]),
+    ("DEVICE cuda:128", ["DEVICE", "N from 0 to 127"]),  # torch would wrap it to cuda:-128
+    ("DEVICE cuda:00", ["DEVICE", "cuda:N"]),
+    ("DEVICE cuda:99999999999999999999", ["DEVICE", "cuda:N"]),
 ])
 def test_bad_command_lines_name_the_key(line, words):
     with pytest.raises(UserError) as error:
@@ -70,3 +73,34 @@ def test_every_key_is_documented():
     flat = config._flat_keys(config.get_cfg_defaults())
     for key in flat:
         assert f"  {key} " in described, key
+
+
+def test_yaml_file_equals_the_same_command_line(tmp_path):
+    path = tmp_path / "paper.yml"
+    path.write_text("MODEL:\n  DEPTH: 101\nTEST:\n  DATASET_LIST: [rparis6k]\n  SCALE_LIST: '1'\n"
+                    "SupG:\n  rerank: false\n  beta: 1\n  gemp_p: 3\n  M: 50\n")
+    from_file = config.load_cfg_from_args(["--cfg", str(path)])
+    typed = parse("MODEL.DEPTH 101 TEST.DATASET_LIST rparis6k TEST.SCALE_LIST 1 SupG.rerank False "
+                  "SupG.beta 1 SupG.gemp_p 3 SupG.M 50")
+    assert from_file == typed
+    assert isinstance(from_file.SupG.beta, float) and isinstance(from_file.TEST.SCALE_LIST, int)
+
+
+def test_command_line_overrides_the_file_and_range_errors_name_their_source(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("SupG:\n  M: 10\n  K: 20\n")
+    assert config.load_cfg_from_args(["--cfg", str(path), "SupG.K", "5"]).SupG.K == 5
+    with pytest.raises(UserError, match=f"^bad config file {path}: bad value 20 for SupG.K"):
+        config.load_cfg_from_args(["--cfg", str(path)])
+    with pytest.raises(UserError, match="^bad value 30 for SupG.K"):  # the command line set it
+        config.load_cfg_from_args(["--cfg", str(path), "SupG.K", "30"])
+
+
+@pytest.mark.parametrize("key", ["SupG.gemp_p", "SupG.rgem_p"])
+def test_power_bounds_are_inclusive(key):
+    low, high = config.POWER_RANGE
+    assert parse(f"{key} {low}")[key.split(".")[0]][key.split(".")[1]] == low
+    assert parse(f"{key} {high}")[key.split(".")[0]][key.split(".")[1]] == high
+    for value in (low / 2, high + 0.5, 0, -1):
+        with pytest.raises(UserError, match=key):
+            parse(f"{key} {value}")

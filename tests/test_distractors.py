@@ -154,8 +154,11 @@ def test_unreadable_files_are_refused(tmp_path):
     with pytest.raises(UserError, match="dtype int32"):
         load_distractors(tmp_path / "ints.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match=r"hold Python objects \(dtype object\)"):
         load_distractors(tmp_path / "obj.npy")
+    np.savez(tmp_path / "floats.npz", X=np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(UserError, match=r"are an .npz archive \(arrays X\)"):
+        load_distractors(tmp_path / "floats.npz")
 
 
 def test_bad_sidecars_are_refused(files):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,3 +314,77 @@ def test_jpeg_truncation_check(tmp_path):
     (tmp_path / "png.jpg").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert not jpeg_truncated(full) and not jpeg_truncated(tmp_path / "trailing.jpg")
     assert jpeg_truncated(tmp_path / "cut.jpg") and not jpeg_truncated(tmp_path / "png.jpg")
+
+
+def test_parts_of_other_settings_are_refused_naming_the_keys(ws, tmp_path, capsys):
+    """Provenance: every part records the fingerprint it was made with. Parts of one setting are
+    refused for another at merge, and also when run.json was deleted (a half-done start-over) or a
+    part was copied in from another run's directory."""
+    output = tmp_path / "f.pth"
+    parts = tmp_path / "f.pth.parts"
+    code, _, err = run_main(args_for(ws, output, "--num-shards", "2", "--shard-id", "0"), capsys)
+    assert code == 0, err
+    record = json.loads((parts / "part-000000.json").read_text())
+    cfg = load_cfg_from_args(["MODEL.DEPTH", "50", "TEST.SCALE_LIST", "1"])
+    assert record["fingerprint"] == descriptor_fingerprint(cfg, ws["weights"])
+    run_json = (parts / "run.json").read_bytes()
+    before = {p.name: p.read_bytes() for p in parts.iterdir() if p.name != "run.json"}
+
+    def refused(*extra, named):
+        code, out, err = run_main(args_for(ws, output, *extra), capsys)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and named in err, err
+        assert {p.name: p.read_bytes() for p in parts.iterdir() if p.name != "run.json"} == before
+        assert not output.exists()
+        return err
+
+    refused("--merge-only", "SupG.gemp_p", "3.0", named="gemp_p: 3.0 vs 4.6")
+    (parts / "run.json").unlink()  # run.json gone: the parts still say what they were made with
+    err = refused("SupG.gemp_p", "3.0", "SupG.relup", "False", named="gemp_p: 3.0 vs 4.6")
+    assert "relup: False vs True" in err and "part 0 in" in err and "part-000000.json" in err
+    assert not (parts / "run.json").exists()  # refused before claiming the directory
+
+    # a part of another run copied into a directory of this setting
+    other = tmp_path / "other.pth"
+    code, _, err = run_main(args_for(ws, other, "--num-shards", "4", "--shard-id", "1", "SupG.rgem_p", "3.5"), capsys)
+    assert code == 0, err
+    (parts / "run.json").write_bytes(run_json)
+    for name in ("part-000001.npy", "part-000001.json"):
+        (parts / name).write_bytes((tmp_path / "other.pth.parts" / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in parts.iterdir() if p.name != "run.json"}
+    err = refused("--merge-only", named="rgem_p: 2.5 vs 3.5")
+    assert "part 1 in" in err
+
+
+def test_output_damaged_with_its_size_kept_is_not_complete(ws, reference, tmp_path, capsys):
+    """'already complete' compares the sha256 recorded in the sidecar, not the size."""
+    data, sidecar, ref_output = reference
+    output = tmp_path / "feats.pth"
+    shutil.copytree(ref_output.parent / "feats.pth.parts", tmp_path / "feats.pth.parts")
+    shutil.copy(ref_output.parent / "feats.pth.json", tmp_path / "feats.pth.json")
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte inside the tensor data: same size
+    output.write_bytes(bytes(damaged))
+    code, out, err = run_main(args_for(ws, output), capsys)
+    assert code == 0, err
+    assert "already complete" not in out and "wrote" in out
+    assert output.read_bytes() == data  # merged again from the parts
+
+    shutil.rmtree(tmp_path / "feats.pth.parts")  # without parts there is nothing to rebuild it from
+    output.write_bytes(bytes(damaged))
+    code, out, err = run_main(args_for(ws, output), capsys)
+    assert code == 2 and err.count("\n") == 1 and "already complete" not in out, err
+    assert f"{output} exists but its sha256 is not the one recorded in feats.pth.json" in err
+    assert output.read_bytes() == bytes(damaged) and not (tmp_path / "feats.pth.parts").exists()
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda:128", "cuda:00", "", "CPU", "cuda:-1", "meta"])
+def test_unknown_device_is_one_line_naming_the_flag(ws, tmp_path, capsys, device):
+    argv = args_for(ws, tmp_path / "f.pth")
+    argv[argv.index("--device") + 1] = device
+    if device == "tpu":  # one case as a user runs it
+        code, _, err = finish(spawn(argv))
+    else:
+        code, _, err = run_main(argv, capsys)
+    assert code == 2 and err.startswith(f"error: bad value {device!r} for --device: expected auto, cpu, cuda")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

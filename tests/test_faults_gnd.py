@@ -46,13 +46,20 @@ def edit(raw, case, marker):
     if case == "bbx_negative":
         raw["gnd"][0]["bbx"] = [-4.0, 1.0, 10.0, 9.0]
         return raw, ["gnd[0]['bbx']", "negative"]
+    if case == "index_beyond_int64":
+        raw["gnd"][2]["junk"] = [1, 2 ** 70]
+        return raw, ["gnd[2]['junk'] has an index beyond the 64-bit range"]
+    if case == "bbx_beyond_float":
+        raw["gnd"][1]["bbx"] = [0, 0, 10 ** 400, 5]
+        return raw, ["gnd[1]['bbx'] has a coordinate beyond the float range"]
     if case == "not_a_dict":
         return [raw], ["expected a dict"]
     raise AssertionError(case)
 
 
 GND_CASES = ["code_payload", "missing_top_key", "missing_query_key", "index_out_of_range", "negative_index",
-             "bbx_empty_after_int", "bbx_negative", "not_a_dict"]
+             "bbx_empty_after_int", "bbx_negative", "not_a_dict", "index_beyond_int64",
+             "bbx_beyond_float"]
 
 
 def dataset_copy(ws, tmp_path):

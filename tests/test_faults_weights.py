@@ -103,3 +103,48 @@ def test_other_key_prefix_loads(ws, tmp_path, tmp_path_factory, entry, prefix):
     assert done.returncode == 0, done.stderr
     log = (out / "log.txt").read_text()
     assert f"weights={path}" in log and log.count("Retrieval results: mAP E: ") == 1
+
+
+def r50_like(path, key, value):
+    """An R50-shaped checkpoint (one shared zero per tensor, a few KB) whose `key` holds `value`."""
+    state = {"encoder_q." + k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in ResNet(50).state_dict().items()}
+    state["encoder_q." + key] = value
+    torch.save({"model_state": state}, path)
+
+
+# (case, key, value, how the error describes the value): a weight that is not a floating-point
+# tensor is refused naming the key, never cast (an int64 conv weight would load as rounded floats)
+NOT_FLOAT = [
+    ("int64_conv_weight", "stem.conv.weight", torch.ones(64, 3, 7, 7, dtype=torch.int64), "torch.int64 tensor"),
+    ("bool_tensor", "s2.b1.f.a.weight", torch.ones(128, 256, 1, 1, dtype=torch.bool), "torch.bool tensor"),
+    ("uint8_bn", "stem.bn.weight", torch.ones(64, dtype=torch.uint8), "torch.uint8 tensor"),
+    ("complex_fc", "head.fc.weight", torch.ones(2048, 2048, dtype=torch.complex64), "torch.complex64 tensor"),
+    ("string", "s4.b3.f.c.weight", "not a tensor", "a str"),
+    ("list", "head.fc.bias", [0.0] * 2048, "a list"),
+    ("int_scalar", "stem.bn.running_mean", 3, "a int"),
+]
+
+
+@pytest.mark.parametrize("case, key, value, kind", NOT_FLOAT, ids=[c[0] for c in NOT_FLOAT])
+def test_non_float_weights_are_refused_not_cast(ws, tmp_path, entry, case, key, value, kind):
+    path = tmp_path / "w.pyth"
+    r50_like(path, key, value)
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", path, cwd=tmp_path,
+                 subprocess=case == "int64_conv_weight")
+    error_line(done, path, key, kind, "not a floating-point tensor")
+    assert_nothing_written(out)
+
+
+def test_int64_batch_counters_and_half_precision_weights_load(ws, tmp_path, tmp_path_factory, entry):
+    """num_batches_tracked is int64 in every BatchNorm checkpoint; float16 weights are floating point."""
+    state = torch.load(shared_weights(tmp_path_factory), map_location="cpu", weights_only=True)["model_state"]
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    assert counters and all(state[k].dtype == torch.int64 for k in counters)
+    state["encoder_q.head.fc.bias"] = state["encoder_q.head.fc.bias"].half()
+    path = tmp_path / "half_bias.pyth"
+    torch.save({"model_state": state}, path)
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", path, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (out / "log.txt").read_text().count("Retrieval results: mAP E: ") == 1
