@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from model.resnet import ResNet
+from test.gldv2 import image_path
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "revisitop"
 
@@ -121,3 +122,43 @@ def write_custom_folder(root, n_db=4, seed=0):
     cv2.imwrite(str(root / "queries" / "q0.jpg"), textured_image(40, 32, rng, 0))
     (root / "gt.csv").write_text("query,bbox,relevant,junk\nqueries/q0.jpg,,db/0.jpg,\n")
     return root
+
+
+GLDV2_INDEX = [f"{c}{c}1{i}00ff" for i, c in enumerate("0a5f3c")]   # i0..i5
+GLDV2_TEST = ["b01ee1", "c02ee2", "d03ee3", "e04ee4"]              # t0..t3
+R1M_SIZES = [(40, 30), (30, 40), (40, 30), (36, 28)]
+
+
+def write_gldv2(root, with_lists=True):
+    """A GLDv2 retrieval layout: index/ and test/ images, optional id lists, and a solution csv."""
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    for split, ids in (("index", GLDV2_INDEX), ("test", GLDV2_TEST)):
+        for image_id in ids:
+            path = image_path(root, split, image_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), rng.integers(0, 255, (12, 20, 3), dtype=np.uint8))
+        if with_lists:
+            (root / f"{split}.csv").write_text("id,url\n" + "".join(f"{i},http://x/{i}\n" for i in ids[::-1]))
+    (root / "retrieval_solution_v2.1.csv").write_text(
+        "id,images,Usage\n"
+        f"{GLDV2_TEST[0]},{GLDV2_INDEX[1]} {GLDV2_INDEX[3]},Public\n"
+        f"{GLDV2_TEST[1]},{GLDV2_INDEX[0]},Private\n"
+        f"{GLDV2_TEST[2]},None,Ignored\n"
+        f"{GLDV2_TEST[3]},{GLDV2_INDEX[2]} {GLDV2_INDEX[4]} {GLDV2_INDEX[5]},Public\n")
+
+
+def write_r1m(root, count, seed=0):
+    """A revisitop1m layout: ROOT/revisitop1m.txt and ROOT/jpg/<d>/<name>.jpg. Every 5th entry is
+    written relative to ROOT (`jpg/...`, the official layout), the others relative to ROOT/jpg."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i in range(count):
+        relative = f"{i // 6}/{seed}{i:05d}.jpg"
+        path = Path(root) / "jpg" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w, h = R1M_SIZES[i % len(R1M_SIZES)]
+        cv2.imwrite(str(path), textured_image(w, h, rng, i))
+        entries.append(f"jpg/{relative}" if i % 5 == 2 else relative)
+    (Path(root) / "revisitop1m.txt").write_text("\n".join(entries) + "\n")
+    return entries

@@ -16,9 +16,9 @@ import pytest
 
 from config import load_cfg_from_args
 from test.gldv2 import image_path
-from tests.faults_common import entry, entry_module, make_workspace, run_script  # noqa: F401  (entry is a fixture)
+from tests.faults_common import entry_module, make_workspace, run_script
 from test.synthetic import REAL_DATA
-from tests.test_gldv2 import INDEX, write_gldv2
+from test.synthetic import GLDV2_INDEX as INDEX, write_gldv2
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test.synthetic import write_checkpoint, write_revisitop
-from tests.test_evaluate import official_compute_map
+from tests.reference.official_metrics import official_compute_map
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_FLAGS = "SupG.gemp SupG.rgem SupG.sgem SupG.relup SupG.rerank SupG.onemeval False"
@@ -233,7 +233,7 @@ def test_cvnet_descriptor_matches_its_extractor(workspace, tmp_path):
 
 def test_gldv2_through_test_py(workspace, tmp_path):
     from test.gldv2 import evaluate_gldv2, format_gldv2, load_gldv2
-    from tests.test_gldv2 import write_gldv2
+    from test.synthetic import write_gldv2
 
     root, _ = workspace
     write_gldv2(tmp_path / "gld")

@@ -26,28 +26,11 @@ from test.build import build_descriptor
 from test.extract import extract_features
 from test.images import RevisitopImages
 from test.rop1m import jpeg_truncated, part_ranges, parts_of_shard, resolve_entry
-from test.synthetic import textured_image, write_checkpoint
+from test.synthetic import textured_image, write_checkpoint, write_r1m
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "extract_rop1m.py"
 FAST = ["--shard-size", "4", "--num-workers", "0", "--batch-size", "4", "--device", "cpu", "TEST.SCALE_LIST", "1"]
-SIZES = [(40, 30), (30, 40), (40, 30), (36, 28)]
-
-
-def write_r1m(root, count, seed=0):
-    """A revisitop1m layout: ROOT/revisitop1m.txt and ROOT/jpg/<d>/<name>.jpg. Every 5th entry is
-    written relative to ROOT (`jpg/...`, the official layout), the others relative to ROOT/jpg."""
-    rng = np.random.default_rng(seed)
-    entries = []
-    for i in range(count):
-        relative = f"{i // 6}/{seed}{i:05d}.jpg"
-        path = Path(root) / "jpg" / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        w, h = SIZES[i % len(SIZES)]
-        cv2.imwrite(str(path), textured_image(w, h, rng, i))
-        entries.append(f"jpg/{relative}" if i % 5 == 2 else relative)
-    (Path(root) / "revisitop1m.txt").write_text("\n".join(entries) + "\n")
-    return entries
 
 
 def args_for(ws, output, *extra, weights=None):

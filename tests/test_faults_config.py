@@ -11,7 +11,7 @@ OUT_DIR is touched, so not even an empty log.txt appears).
 
 import pytest
 
-from tests.faults_common import entry, error_line  # noqa: F401 (fixture)
+from tests.faults_common import error_line
 
 CASES = [
     ("unknown_key", ["SupG.gemq"], ["unknown config key 'SupG.gemq'", "did you mean"]),

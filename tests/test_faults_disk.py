@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 import extract_rop1m
-from tests.faults_common import base_args, entry, error_line, make_workspace  # noqa: F401 (entry: fixture)
-from tests.test_extract_rop1m import write_r1m
+from tests.faults_common import base_args, error_line, make_workspace
+from test.synthetic import write_r1m
 
 
 def _mount(folder, options):

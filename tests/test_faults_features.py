@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
+from tests.faults_common import (assert_nothing_written, base_args,
                                  error_line, roxford_workspace)
 
 

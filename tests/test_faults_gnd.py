@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
+from tests.faults_common import (assert_nothing_written, base_args,
                                  error_line, roxford_workspace)
 from tests.payloads import SystemPayload
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from test.images import read_image
-from tests.faults_common import (assert_nothing_written, base_args, entry,  # noqa: F401 (fixture)
+from tests.faults_common import (assert_nothing_written, base_args,
                                  error_line, roxford_workspace)
 from test.synthetic import textured_image
 

@@ -1,7 +1,6 @@
 """Outputs never collide, never land on an input, and belong to one run: through the entry points."""
 
 import fcntl
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.faults_common import (FAST, ROOT, assert_nothing_written, base_args, entry, error_line,  # noqa: F401
-                                 out_files, roxford_workspace)
+from tests.faults_common import (FAST, ROOT, base_args, error_line, out_files,
+                                 roxford_workspace)
 from test.synthetic import write_checkpoint, write_custom_folder
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model.resnet import ResNet
-from tests.faults_common import (WEIGHTS_NAME, assert_nothing_written, base_args, entry, error_line,  # noqa: F401 (fixture)
+from tests.faults_common import (WEIGHTS_NAME, assert_nothing_written, base_args, error_line,
                                  make_workspace, shared_weights)
 from tests.payloads import MkdirPayload
 

@@ -12,30 +12,11 @@ import torch
 from errors import UserError
 from model.superglobal import SuperGlobalDescriptor
 from test.extract import extract_features
-from test.gldv2 import (GLDv2Images, average_precision_at_k, evaluate_gldv2, format_gldv2, image_path,
+from test.gldv2 import (GLDv2Images, average_precision_at_k, evaluate_gldv2, format_gldv2,
                         load_gldv2, upscale_small, write_submission)
-from test.synthetic import random_resnet
+from test.synthetic import GLDV2_INDEX as INDEX, GLDV2_TEST as TEST, random_resnet, write_gldv2
 
 ROOT = Path(__file__).resolve().parents[1]
-INDEX = [f"{c}{c}1{i}00ff" for i, c in enumerate("0a5f3c")]   # i0..i5
-TEST = ["b01ee1", "c02ee2", "d03ee3", "e04ee4"]              # t0..t3
-
-
-def write_gldv2(root, with_lists=True):
-    rng = np.random.default_rng(0)
-    for split, ids in (("index", INDEX), ("test", TEST)):
-        for image_id in ids:
-            path = image_path(root, split, image_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), rng.integers(0, 255, (12, 20, 3), dtype=np.uint8))
-        if with_lists:
-            (root / f"{split}.csv").write_text("id,url\n" + "".join(f"{i},http://x/{i}\n" for i in ids[::-1]))
-    (root / "retrieval_solution_v2.1.csv").write_text(
-        "id,images,Usage\n"
-        f"{TEST[0]},{INDEX[1]} {INDEX[3]},Public\n"
-        f"{TEST[1]},{INDEX[0]},Private\n"
-        f"{TEST[2]},None,Ignored\n"
-        f"{TEST[3]},{INDEX[2]} {INDEX[4]} {INDEX[5]},Public\n")
 
 
 def test_layout_and_lists(tmp_path):
