@@ -365,7 +365,8 @@ def apply_aliases(config, aliases):
         if value is None:
             continue
         if current[key] != defaults[key] and current[key] != value:
-            raise UserError(f"{flag} {value} contradicts {key} {current[key]}: give it once")
+            raise UserError(f"{flag} {value} contradicts {current[key]!r}, given for it as {key.split('.')[-1]} in "
+                            "--cfg or as a KEY VALUE pair: give it once")
         _set(config, key, value)
     validate(config)
     return config

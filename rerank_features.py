@@ -13,6 +13,8 @@ See docs/feature_rerank.md.
 """
 
 import argparse
+import csv
+import io
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,8 @@ import torch
 from config import apply_aliases, get_cfg_defaults, load_cfg_from_args
 from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from test.device import resolve_device
-from test.feature_files import load_features, load_ground_truth, load_gldv2_checked
+from test.feature_files import load_features, load_ground_truth_lists, load_gldv2_checked
+from test.gnd import protocols
 from test.writer import atomic_write, refuse_input, register_input, save_npy
 
 METHODS = {
@@ -135,16 +138,30 @@ def out_path(out, method, several):
     return out.with_name(f"{out.stem}.{method}{out.suffix}") if several else out
 
 
-def write_ranks(path, ranks, topk):
-    """The top `topk` rows of `ranks` as .npy (topk x nq int64) or .csv (query,rank,db_index)."""
+def write_ranks(path, ranks, topk, names=None):
+    """The top `topk` rows of `ranks` as .npy (topk x nq int64) or .csv, one row per (query, rank):
+    query,rank,db_index, plus query_name and db_name when the ground truth names the images."""
     top = np.ascontiguousarray(ranks[:topk])
-    if path.suffix.lower() == ".csv":
-        rows = np.stack(np.meshgrid(np.arange(top.shape[1]), np.arange(top.shape[0]), indexing="ij"), -1)
-        table = np.concatenate([rows.reshape(-1, 2), top.T.reshape(-1, 1)], axis=1)
-        atomic_write(path, lambda handle: np.savetxt(handle, table, fmt="%d", delimiter=",",
-                                                     header="query,rank,db_index", comments=""), " (--out)")
-    else:
+    if path.suffix.lower() != ".csv":
         save_npy(path, top, " (--out)")
+        return
+    query, rank = np.meshgrid(np.arange(top.shape[1]), np.arange(top.shape[0]), indexing="ij")
+    columns = {"query": query.ravel(), "rank": rank.ravel(), "db_index": top.T.ravel()}
+    if names is not None:
+        db_names, query_names = np.asarray(names[0], dtype=object), np.asarray(names[1], dtype=object)
+        columns = {"query": columns["query"], "query_name": query_names[columns["query"]],
+                   "rank": columns["rank"], "db_index": columns["db_index"],
+                   "db_name": db_names[columns["db_index"]]}
+    table = np.column_stack([values.astype(str) for values in columns.values()])
+
+    def write(handle):  # csv quotes names holding commas or quotes
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(table.tolist())
+        text.flush()
+        text.detach()
+    atomic_write(path, write, " (--out)")
 
 
 def register_inputs(args):
@@ -166,7 +183,10 @@ def run(args):
         for method in args.methods:
             refuse_input(out_path(args.out, method, len(args.methods) > 1))
     Q, X, ranks = load_features(args)
-    protos = load_ground_truth(args, Q.shape[0], X.shape[0]) if args.gnd else None
+    protos, names = None, None
+    if args.gnd:
+        db_names, query_names, entries = load_ground_truth_lists(args, Q.shape[0], X.shape[0])
+        protos, names = protocols(entries), (db_names, query_names)
     gld = load_gldv2_checked(args, Q.shape[0], X.shape[0]) if args.gldv2 else None
     Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     initial = rank_by_similarity(Xt, Qt) if ranks is None else torch.from_numpy(ranks).to(device)
@@ -185,7 +205,7 @@ def run(args):
             print(format_gldv2(evaluate_gldv2(new, gld)), flush=True)
         if args.out:
             path = out_path(args.out, method, len(args.methods) > 1)
-            write_ranks(path, new, args.topk)
+            write_ranks(path, new, args.topk, names)
             print(f"wrote the top {min(args.topk, new.shape[0])} of {new.shape[1]} queries to {path}", flush=True)
 
 

@@ -82,8 +82,15 @@ def check_ranks(ranks, nq, n):
 
 
 def load_ground_truth(args, nq, n):
-    """(protocols, label) for --gnd; sizes must match the features."""
-    from test.gnd import protocols, safe_load_pickle, validate_gnd
+    """The evaluation protocols of --gnd; sizes must match the features."""
+    from test.gnd import protocols
+
+    return protocols(load_ground_truth_lists(args, nq, n)[2])
+
+
+def load_ground_truth_lists(args, nq, n):
+    """(database names, query names, gnd entries) of --gnd; sizes must match the features."""
+    from test.gnd import safe_load_pickle, validate_gnd
 
     path = Path(args.gnd)
     if path.suffix.lower() in (".csv", ".json"):
@@ -98,7 +105,7 @@ def load_ground_truth(args, nq, n):
     if len(qimlist) != nq or len(imlist) != n:
         raise UserError(f"{path} has {len(qimlist)} queries and {len(imlist)} database images but the "
                         f"features have {nq} and {n}")
-    return protocols(entries)
+    return imlist, qimlist, entries
 
 
 def load_gldv2_checked(args, nq, n):

@@ -1,9 +1,11 @@
 """rerank_features.py and test/baselines.py: feature-only reranking equals test.py's; alpha-QE and
 alpha-DBA against plain loops."""
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -106,6 +108,28 @@ def saved_run(tmp_path_factory):
     return root
 
 
+def test_csv_without_ground_truth_has_indices_only(saved_run, tmp_path):
+    saved = np.load(saved_run / "roxford5k.npz")
+    done = run_script("rerank_features.py", "--features", saved_run / "roxford5k.npz", "--M", 6, "--K", 2,
+                      "--out", "top.csv", "--topk", 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = (tmp_path / "top.csv").read_text().splitlines()
+    assert rows[0] == "query,rank,db_index" and rows[1:3] == [f"0,{r},{saved['ranks'][r, 0]}" for r in range(2)]
+
+
+def test_m_k_beta_come_from_the_config_test_py_wrote(saved_run, tmp_path):
+    """--cfg <OUT_DIR>/config.yaml gives the run's SupG.M/K/beta: the same ranks as test.py."""
+    saved = np.load(saved_run / "roxford5k.npz")
+    done = run_script("rerank_features.py", "--features", saved_run / "roxford5k.npz", "--cfg",
+                      saved_run / "config.yaml", "--out", "top.npy", "--topk", 12, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "M=6 K=2 beta=0.15" in done.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "top.npy"), saved["ranks"])
+    contradiction = run_script("rerank_features.py", "--features", saved_run / "roxford5k.npz", "--cfg",
+                               saved_run / "config.yaml", "--K", 3, "--out", "x.npy", cwd=tmp_path)
+    assert contradiction.returncode == 2 and "--K 3 contradicts 2" in contradiction.stderr
+
+
 def test_feature_only_rerank_equals_test_py(saved_run):
     root = saved_run
     done = run_script("rerank_features.py", "--features", "roxford5k.npz", "--M", 6, "--K", 2,
@@ -129,11 +153,13 @@ def test_npy_inputs_all_methods_and_csv(saved_run, tmp_path):
                       "--topk", 3, "--gnd", saved_run / "revisitop/roxford5k/gnd_roxford5k.pkl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Retrieval results: mAP E: ") == 5
-    rows = (tmp_path / "top.supg.csv").read_text().splitlines()
-    assert rows[0] == "query,rank,db_index" and len(rows) == 1 + 3 * 3
-    assert [int(r.split(",")[2]) for r in rows[1:4]] == list(saved["ranks"][:3, 0])
+    rows = [r.split(",") for r in (tmp_path / "top.supg.csv").read_text().splitlines()]
+    assert rows[0] == ["query", "query_name", "rank", "db_index", "db_name"] and len(rows) == 1 + 3 * 3
+    gnd = pickle.loads((saved_run / "revisitop/roxford5k/gnd_roxford5k.pkl").read_bytes())
+    assert [int(r[3]) for r in rows[1:4]] == list(saved["ranks"][:3, 0])
+    assert all(r[1] == gnd["qimlist"][int(r[0])] and r[4] == gnd["imlist"][int(r[3])] for r in rows[1:])
     Q, X = torch.from_numpy(saved["Q"]), torch.from_numpy(saved["X"])
-    aqe = np.array([[int(r.split(",")[2]) for r in (tmp_path / "top.aqe.csv").read_text().splitlines()[1:]]])
+    aqe = np.array([[int(r.split(",")[3]) for r in (tmp_path / "top.aqe.csv").read_text().splitlines()[1:]]])
     assert list(aqe.reshape(3, 3)[1]) == list(qe_ranks(Q, X)[:3, 1].numpy())
 
 
