@@ -102,7 +102,8 @@ def run(cfg, argv, log):
         log.write(described)
     cache = None
     if cfg.TEST.CACHE:
-        cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint)
+        cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint,
+                             descriptor_dim(cfg))
     for dataset in datasets:
         results, timings = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, header["run_id"])
         append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings))

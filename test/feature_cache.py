@@ -34,9 +34,10 @@ def image_list_signature(paths, bboxes=None):
 class FeatureCache:
     """Features in `<directory>/<name>-<key>.npy`, with a JSON note of what they are beside them."""
 
-    def __init__(self, directory, fingerprint):
+    def __init__(self, directory, fingerprint, dim=None):
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self.dim = dim  # descriptor width: an entry of another width is recomputed
 
     def entry(self, name, paths, bboxes=None):
         key = fingerprint_digest(self.fingerprint, image_list_signature(paths, bboxes))
@@ -49,7 +50,7 @@ class FeatureCache:
         except (OSError, ValueError, EOFError):
             return None
         usable = (features.dtype == np.float32 and features.ndim == 2 and features.shape[0] == count
-                  and np.isfinite(features).all())
+                  and (self.dim is None or features.shape[1] == self.dim) and np.isfinite(features).all())
         return features if usable else None
 
     def store(self, entry, features, note):
@@ -58,7 +59,7 @@ class FeatureCache:
             save_npy(entry, features, " (feature cache)")
             save_json(entry.with_suffix(".json"), {**note, "fingerprint": self.fingerprint}, " (feature cache)")
         except UserError as error:
-            return str(error)
+            return f"feature cache not written ({error})"
         return None
 
     def get_or_compute(self, name, paths, bboxes, compute):

@@ -74,10 +74,16 @@ def check_ranks(ranks, nq, n):
         ranks = ranks.T  # query-major (nq x N'): unambiguous, accept it
     if ranks.shape[1] != nq:
         raise UserError(f"ranks have {ranks.shape[1]} columns for {nq} queries (expected N' x nq)")
-    if ranks.size and (ranks.min() < 0 or ranks.max() >= n):
+    if ranks.size and ranks.min() < 0:
+        raise UserError(f"ranks hold the negative database index {int(ranks.min())}: indices run from 0 to {n - 1}")
+    if ranks.size and ranks.max() >= n:
         raise UserError(f"ranks hold database index {int(ranks.max())} but there are only {n} database "
                         "features (ranks of a SupG.onemeval run index the R1M distractors too: "
                         "they cannot be reranked from Q and X alone)")
+    repeated = (np.diff(np.sort(ranks, axis=0), axis=0) == 0).any(axis=0)
+    if repeated.any():
+        raise UserError(f"ranks list a database index twice for {int(repeated.sum())} queries (first: query "
+                        f"{int(np.argmax(repeated))}): each column must rank distinct database images")
     return np.ascontiguousarray(ranks.astype(np.int64))
 
 

@@ -45,7 +45,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if jpeg_truncated(path):  # OpenCV would decode it with a warning, the missing part gray
         raise UserError(f"cannot read image {path}: truncated JPEG (no end-of-image marker after the last "
                         "scan); download it again")
-    im = cv2.imread(path)
+    try:
+        im = cv2.imread(path)
+    except cv2.error as error:  # e.g. a header claiming more pixels than CV_IO_MAX_IMAGE_PIXELS
+        reason = "its header claims more pixels than OpenCV allows (set OPENCV_IO_MAX_IMAGE_PIXELS to " \
+                 "allow it)" if "CV_IO_MAX_IMAGE_PIXELS" in str(error) else " ".join(str(error).split())[-120:]
+        raise UserError(f"cannot read image {path}: {reason}; check or replace the file") from None
     if im is None:
         raise UserError(f"cannot read image {path}: OpenCV could not decode it (corrupt or not an "
                         "image); download it again")

@@ -72,7 +72,7 @@ def test_damaged_entry_is_recomputed_not_served(tmp_path, images):
     compute, calls = counting(np.ones((3, 4), np.float32))
     features, hit = cache.get_or_compute("db", images, None, compute)
     assert not hit and calls == [1] and np.array_equal(np.load(entry), features)
-    assert not [p for p in entry.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in entry.parent.iterdir() if ".tmp" in p.name]
 
 
 def test_unwritable_cache_only_warns(tmp_path, images, capsys):
@@ -82,3 +82,15 @@ def test_unwritable_cache_only_warns(tmp_path, images, capsys):
     features, hit = cache.get_or_compute("db", images, None, lambda: np.ones((3, 2), np.float32))
     assert not hit and features.shape == (3, 2)
     assert "feature cache not written" in capsys.readouterr().out
+
+
+def test_entry_of_another_width_is_recomputed(tmp_path, images):
+    """An entry whose width is not the descriptor's (a file swapped in, a head of another size) is
+    never served: it is recomputed and replaced."""
+    cache = FeatureCache(tmp_path / "cache", FINGERPRINT, dim=4)
+    cache.get_or_compute("db", images, None, lambda: np.zeros((3, 4), np.float32))
+    entry = cache.entry("db", images)
+    np.save(entry, np.zeros((3, 6), np.float32))
+    compute, calls = counting(np.ones((3, 4), np.float32))
+    features, hit = cache.get_or_compute("db", images, None, compute)
+    assert not hit and calls == [1] and np.load(entry).shape == (3, 4) and features[0, 0] == 1

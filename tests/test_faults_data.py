@@ -1,0 +1,56 @@
+"""Invalid data never becomes a number or a traceback: through the entry points."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from tests.faults_common import ROOT, base_args, error_line, roxford_workspace
+
+
+def rerank_features(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "rerank_features.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def features(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "Q.npy", rng.standard_normal((3, 8)).astype(np.float32))
+    np.save(tmp_path / "X.npy", rng.standard_normal((10, 8)).astype(np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("corrupt,fragment", [
+    (lambda r: r.__setitem__((1, 0), r[0, 0]), "twice"),   # a repeated index in query 0's column
+    (lambda r: r.__setitem__((0, 2), 10), "only 10"),       # one past the database
+    (lambda r: r.__setitem__((0, 1), -1), "negative"),
+])
+def test_rank_arrays_with_repeated_or_out_of_range_indices_are_refused(features, corrupt, fragment):
+    ranks = np.argsort(-np.load(features / "X.npy") @ np.load(features / "Q.npy").T, axis=0)
+    corrupt(ranks)
+    np.save(features / "R.npy", ranks)
+    done = rerank_features("--query", "Q.npy", "--db", "X.npy", "--ranks", "R.npy", "--M", 4, "--K", 1,
+                           "--out", "top.npy", cwd=features)
+    error_line(done, "ranks", fragment)
+    assert not (features / "top.npy").exists()
+
+
+def big_png(width, height):
+    """A PNG whose header claims width x height pixels (the data is tiny)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def test_image_header_beyond_opencvs_pixel_limit_gives_one_line(tmp_path_factory, tmp_path, entry):
+    root, gnd = roxford_workspace(tmp_path_factory, "bigheader")
+    path = root / "revisitop" / "roxford5k" / "jpg" / f"{gnd['imlist'][1]}.jpg"
+    path.write_bytes(big_png(60000, 60000))  # cv2.imread reads by content, not by extension
+    done = entry("test.py", *base_args(root, out=tmp_path / "out"), cwd=tmp_path)
+    error_line(done, path.name, "more pixels than OpenCV allows", preflight=False)
