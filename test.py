@@ -145,7 +145,8 @@ def evaluate_dataset(extract, cfg, device, cache, distractors, gnd, log):
     log.write(*format_results(results))
     if cfg.TEST.VIS_QUERIES:
         folder = write_pictures(Path(cfg.OUT_DIR) / "pictures" / name, gnd, Q, X, ranks_global, ranks,
-                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK, reranked=cfg.SupG.rerank)
+                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK,
+                                reranking=(cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta) if cfg.SupG.rerank else None)
         log.write(f"pictures of {min(cfg.TEST.VIS_QUERIES, len(Q))} queries: {folder / 'index.html'}")
     if cfg.TEST.SAVE_FEATURES:
         save_features(Path(cfg.OUT_DIR) / f"{name}.npz", Q=Q, X=X, ranks_global=ranks_global, ranks=ranks,
