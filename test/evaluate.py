@@ -166,6 +166,51 @@ def evaluate_revisitop(ranks, gnd, kappas: Sequence[int] = (1, 5, 10)) -> dict:
     return results
 
 
+def top_block_evaluator(ranks, gnd, m: int, kappas: Sequence[int] = (1, 5, 10)):
+    """:func:`evaluate_revisitop` for many rankings that equal ``ranks`` from row ``m`` on.
+
+    Returns ``evaluate(top)``: the results of ``evaluate_revisitop`` on ``ranks`` with its first m
+    rows replaced by ``top`` (m x nq). The positions of every query's positives and junk in rows
+    m.. are found once; each call only searches the top block (reranking sweeps evaluate hundreds
+    of rankings that differ in their top M). Positions and sums are the same, so the numbers are
+    identical to evaluate_revisitop's.
+    """
+    if isinstance(gnd, dict) and set(PROTOCOLS) <= set(gnd):
+        protos = gnd
+    else:
+        from test.gnd import protocols
+
+        protos = protocols(gnd)
+    ranks = np.asarray(ranks).astype(np.int64, copy=False)
+    if ranks.ndim != 2 or not 0 <= m <= ranks.shape[0] or (ranks.size and ranks.min() < 0):
+        raise ValueError(f"ranks must be N' x nq non-negative indices with N' >= m={m}, got shape {ranks.shape}")
+    nq = ranks.shape[1]
+    cached = {}
+    for name in PROTOCOLS:
+        if len(protos[name]) != nq:
+            raise ValueError(f"ranks has {nq} columns but gnd has {len(protos[name])} queries")
+        ok = [_id_array(g["ok"], f"gnd[{q}]['ok']") for q, g in enumerate(protos[name])]
+        junk = [_id_array(g.get("junk"), f"gnd[{q}]['junk']") for q, g in enumerate(protos[name])]
+        size = 1 + max([int(ranks.max()) if ranks.size else -1] + [int(a.max()) for a in ok + junk if a.size])
+        below = [[p + m for p in _positions(ranks[m:], ids, size)] for ids in (ok, junk)]
+        cached[name] = (ok, junk, size, below)
+
+    def evaluate(top) -> dict:
+        top = np.asarray(top).astype(np.int64, copy=False)
+        if top.shape != (m, nq):
+            raise ValueError(f"top must be {m} x {nq}, got shape {top.shape}")
+        results = {}
+        for name, (ok, junk, size, (ok_below, junk_below)) in cached.items():
+            if top.size and (top.min() < 0 or top.max() >= size):
+                raise ValueError(f"top holds indices outside [0, {size})")
+            pos = [np.concatenate(pair) for pair in zip(_positions(top, ok, size), ok_below)]
+            junk_pos = [np.concatenate(pair) for pair in zip(_positions(top, junk, size), junk_below)]
+            mean_ap, aps, mpr, prs = compute_map_from_positions(pos, junk_pos, [len(a) for a in ok], kappas)
+            results[name] = {"map": mean_ap, "aps": aps, "mpr": mpr, "prs": prs}
+        return results
+    return evaluate
+
+
 def format_results(results: dict, kappas: Sequence[int] = (1, 5, 10)) -> list[str]:
     """The two official result lines (values x100, 2 decimals), as a list of two strings::
 

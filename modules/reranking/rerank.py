@@ -104,14 +104,22 @@ def augmented_chunks(Q, X, top_all, K, beta, chunk_size=None):
     nq, m = top_all.shape
     if m == 0:
         return
-    dtype = compute_dtype(Q, X)
-    chunk = chunk_size or auto_chunk_size(m, X.shape[1], K, dtype, X.device)
-    buffers = ChunkBuffers(min(chunk, nq), m, X.shape[1], dtype, X.device)
+    chunk = chunk_size or auto_chunk_size(m, X.shape[1], K, compute_dtype(Q, X), X.device)
+    for start, top, q, x_top, gram_out in gathered_chunks(Q, X, top_all, chunk):
+        neighbours, weights = augmentation_neighbours(x_top, K, beta, gram_out)
+        yield start, top, q, x_top, neighbours, weights
+
+
+def gathered_chunks(Q, X, top_all, chunk):
+    """Per chunk of ``chunk`` queries: (start, top (c x m), q (c x D), x_top = X[top] (c x m x D),
+    a c x m x m buffer for the Gram matrices), in the compute dtype. x_top and the buffer are
+    reused: valid until the next chunk."""
+    nq, m = top_all.shape
+    buffers = ChunkBuffers(min(chunk, nq), m, X.shape[1], compute_dtype(Q, X), X.device)
     for start in range(0, nq, chunk):
         top = top_all[start:start + chunk]
         x_top = buffers.gather(X, top)
-        neighbours, weights = augmentation_neighbours(x_top, K, beta, buffers.gram(len(top)))
-        yield start, top, Q[start:start + chunk].to(dtype), x_top, neighbours, weights
+        yield start, top, Q[start:start + chunk].to(x_top.dtype), x_top, buffers.gram(len(top))
 
 
 def augmentation_neighbours(x_top, K, beta, gram_out=None):
