@@ -92,11 +92,11 @@ def make_cfg(args, opts):
     try:
         validate(cfg)
     except UserError as error:  # config's checks, worded with the flag the user typed
-        flag = {f"{section}.{key}" if section else key: (flag, value)
-                for section, key, value, flag in flags if value is not None}.get(getattr(error, "key", None))
-        if flag is None:
+        typed = {f"{section}.{key}" if section else key: (flag, value)
+                 for section, key, value, flag in flags if value is not None}.get(getattr(error, "key", None))
+        if typed is None:
             raise
-        raise UserError(f"bad value {flag[1]!r} for {flag[0]}: expected {error.expected}") from None
+        raise UserError(f"bad value {typed[1]!r} for {typed[0]}: expected {error.expected}") from None
     if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.MODEL.TYPE != "RESNET":
         raise UserError("extract_rop1m.py computes SuperGlobal descriptors on the CVNet ResNet only: "
                         "leave TEST.DESCRIPTOR and MODEL.TYPE at their defaults")
