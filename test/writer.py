@@ -93,6 +93,15 @@ def _fsync_dir(path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Delete a temporary file if it is there (on a read-only file system even a missing file's
+    unlink fails: nothing to clean up then)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
@@ -116,10 +125,10 @@ def atomic_write(path, data, what: str = "") -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise UserError(f"cannot write {path}{what}: {error.strerror or error}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(path.parent)
     return path
