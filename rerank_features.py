@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from errors import UserError, exit_code_of
+from test.runtime import tune_process
 
 METHODS = {
     "none": "the initial ranking",
@@ -276,6 +277,7 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_process()
     return exit_code_of(lambda: run(parse_args(argv)))
 
 

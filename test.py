@@ -30,6 +30,7 @@ from test.feature_cache import FeatureCache
 from test.gldv2 import GLDv2, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
 from test.gnd import protocols
 from test.images import RevisitopImages, require_images
+from test.runtime import options_from_cfg, tune_process, workers_for
 from test.search import rank_by_similarity, top_by_similarity
 from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
                             wanted_from_protocols)
@@ -102,8 +103,8 @@ def build_extractor(cfg, device):
 
         def extract(paths, bboxes, desc, gldv2=False):  # gldv2 entries are refused in run()
             return extract_cvnet_global(backbone, paths, bboxes, device, scales=scales_of(cfg.TEST.SCALE_LIST),
-                                        num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION,
-                                        upscale=cfg.TEST.CVNET_UPSCALE, desc=desc)
+                                        num_workers=workers_for(cfg.TEST.NUM_WORKERS, device),
+                                        precision=cfg.TEST.PRECISION, upscale=cfg.TEST.CVNET_UPSCALE, desc=desc)
         return extract, weights
     descriptor = build_descriptor(cfg)
     if cfg.MODEL.TYPE == "EFFICIENTNET_LITE0":
@@ -115,8 +116,7 @@ def build_extractor(cfg, device):
     def extract(paths, bboxes, desc, gldv2=False):
         images = GLDv2Images(paths) if gldv2 else RevisitopImages(paths, bboxes)
         return extract_features(descriptor, images, device,
-                                batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.TEST.NUM_WORKERS,
-                                precision=cfg.TEST.PRECISION, desc=desc)
+                                precision=cfg.TEST.PRECISION, desc=desc, options=options_from_cfg(cfg))
     return extract, weights
 
 
@@ -238,6 +238,7 @@ def run(cfg, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_process()
     if "-h" in argv or "--help" in argv:
         print(USAGE + describe_keys())
         return 0
