@@ -35,8 +35,14 @@ _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets in order: revisitop
 _C.TEST.DESCRIPTOR = "superglobal"  # superglobal (the paper), or cvnet: CVNet's own global pipeline (CVNet-Global rows)
 _C.TEST.CVNET_UPSCALE = "linear"  # cvnet descriptor: cv2 upscaling above scale 1: linear (CVNet's code) or cubic (not CVNet's)
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
-_C.TEST.BATCH_SIZE = 8  # images of one size per forward pass (1 = the official one-by-one)
-_C.TEST.NUM_WORKERS = 2  # DataLoader processes decoding images (0 = in the main process)
+_C.TEST.BATCH_SIZE = 0  # images of one size per forward pass (0 = auto: CPU 1, CUDA 16; 1 = official one-by-one)
+_C.TEST.NUM_WORKERS = -1  # DataLoader processes decoding images (-1 = auto from the usable cores; 0 = main process)
+_C.TEST.NUM_THREADS = 0  # intra-op threads (0 = auto: the usable cores on CPU, those left by the workers on CUDA)
+_C.TEST.FOLD_BN = "auto"  # fold BatchNorm into the convs for inference (auto = on; off runs the plain modules)
+_C.TEST.CHANNELS_LAST = "auto"  # channels-last (NHWC) activations (auto = on: faster on CPU and CUDA), on, off
+_C.TEST.PIN_MEMORY = "auto"  # pinned host memory in the loader (auto = on with CUDA), on, off
+_C.TEST.NON_BLOCKING = "auto"  # non-blocking host-to-device copies (auto = on with CUDA), on, off
+_C.TEST.UINT8_TRANSFER = "auto"  # ship uint8 images, normalise on the device (auto = on; off: in the loader)
 _C.TEST.PRECISION = "fp32"  # fp32 (the reproduction setting); bf16 (CPU or CUDA) or fp16 (CUDA) autocast
 _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_global, ranks, mAPs
 _C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
@@ -75,6 +81,8 @@ _CHOICES = {
     "TEST.PRECISION": ["fp32", "bf16", "fp16"],
     "TEST.DESCRIPTOR": ["superglobal", "cvnet"],
     "TEST.CVNET_UPSCALE": ["linear", "cubic"],
+    **{f"TEST.{key}": ["auto", "on", "off"]
+       for key in ("FOLD_BN", "CHANNELS_LAST", "PIN_MEMORY", "NON_BLOCKING", "UINT8_TRANSFER")},
 }
 
 # torch keeps a device index in 8 bits (cuda:128 becomes cuda:-128) and refuses cuda:00
@@ -236,8 +244,9 @@ def validate(config):
          "an odd integer >= 1"),
         ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
         ("MODEL.HEADS.REDUCTION_DIM", flat["MODEL.HEADS.REDUCTION_DIM"] >= 1, "an integer >= 1"),
-        ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 1, "an integer >= 1"),
-        ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= 0, "an integer >= 0"),
+        ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 0, "an integer >= 1, or 0 for auto"),
+        ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= -1, "an integer >= 0, or -1 for auto"),
+        ("TEST.NUM_THREADS", flat["TEST.NUM_THREADS"] >= 0, "an integer >= 1, or 0 for auto"),
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),

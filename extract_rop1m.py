@@ -26,6 +26,7 @@ from model.fingerprint import file_sha256
 from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
 from test.device import resolve_device
 from test.extract import autocast_context
+from test.runtime import options_from_cfg, tune_process
 from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
                         merge, parts_of_shard, read_image_list, require_some_images, run_identity,
                         sidecar_path)
@@ -208,7 +209,7 @@ def run(args, opts):
             part_started = time.time()
             features, failed = extract_part(
                 descriptor, image_list, start, end, device, cfg.TEST.BATCH_SIZE, cfg.TEST.NUM_WORKERS,
-                cfg.TEST.PRECISION, f"[{label}] part {number}/{len(todo)}", dim)
+                cfg.TEST.PRECISION, f"[{label}] part {number}/{len(todo)}", dim, options_from_cfg(cfg))
             for item in failed:
                 tqdm.write(f"warning: image {item['index']} {item['path']}: {item['reason']}", file=sys.stderr)
             workdir.commit(part, features, failed, {
@@ -244,6 +245,7 @@ def run(args, opts):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_process()
     parser = build_parser()
     if "-h" in argv or "--help" in argv:
         parser.print_help()

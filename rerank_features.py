@@ -27,6 +27,7 @@ from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from test.device import resolve_device
 from test.feature_files import load_features, load_ground_truth_lists, load_gldv2_checked
 from test.gnd import protocols
+from test.runtime import tune_process
 from test.writer import atomic_write, refuse_input, register_input, save_npy
 
 METHODS = {
@@ -211,6 +212,7 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_process()
     return exit_code_of(lambda: run(parse_args(argv)),
                         typed_flags({"--M": "SupG.M", "--K": "SupG.K", "--beta": "SupG.beta"}, argv))
 

@@ -22,6 +22,7 @@ from test.pipeline import build_extractor, evaluate_dataset
 from test.provenance import (append_result, config_lines, header_lines, new_run_id, result_record, run_header,
                              write_config)
 from test.run_log import RunLog
+from test.runtime import tune_process
 from test.writer import OutDirLock, forget_inputs, refuse_output_folder, register_input
 
 USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
@@ -124,6 +125,7 @@ def run_logged(cfg, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_process()
     if "-h" in argv or "--help" in argv:
         print(USAGE + describe_keys())
         return 0

@@ -53,30 +53,41 @@ def sync(device):
 # --------------------------------------------------------------------------- extraction
 
 def bench_extraction(device, depth, scale_list, batch_size, precision, n_images, size=(768, 1024)):
+    """Forward passes of the descriptor as extract_features prepares it (BN folded, channels-last:
+    the defaults), on random images. Page faults and CPU times are this process's (a regression of
+    the allocator fix in test/runtime.py shows as millions of minor faults)."""
+    import resource
+
     from config import get_cfg_defaults
     from test.build import build_descriptor
-    from test.extract import autocast_context
+    from test.extract import autocast_context, prepared_descriptor
+    from test.runtime import ExtractOptions
 
     cfg = get_cfg_defaults()
     cfg.MODEL.DEPTH, cfg.TEST.SCALE_LIST = depth, scale_list
-    descriptor = build_descriptor(cfg).to(device)
-    if device.type == "cuda":
-        descriptor = descriptor.to(memory_format=torch.channels_last)
+    options = ExtractOptions(batch_size=batch_size).resolve(device)
+    descriptor = prepared_descriptor(build_descriptor(cfg).to(device), options)
     images = torch.randn(batch_size, 3, *size, device=device)
-    if device.type == "cuda":
+    if options.on("channels_last"):
         images = images.contiguous(memory_format=torch.channels_last)
     batches = max(1, n_images // batch_size)
     with torch.inference_mode(), autocast_context(device, precision):
-        if device.type == "cuda":
-            descriptor(images)  # warm-up (cuDNN autotuning, allocator)
+        descriptor(images)  # warm-up (cuDNN autotuning / oneDNN primitives, allocator)
         sync(device)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         for _ in range(batches):
             descriptor(images)
         sync(device)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    n = batches * batch_size
     return {"depth": depth, "scales": scale_list, "batch": batch_size, "precision": precision,
-            "images": batches * batch_size, "images_per_s": batches * batch_size / seconds}
+            "images": n, "images_per_s": n / seconds,
+            "user_s_per_img": (after.ru_utime - before.ru_utime) / n,
+            "sys_s_per_img": (after.ru_stime - before.ru_stime) / n,
+            "minor_faults_per_img": (after.ru_minflt - before.ru_minflt) / n,
+            "major_faults_per_img": (after.ru_majflt - before.ru_majflt) / n}
 
 
 def bench_precision_agreement(device, n_images=4, size=(384, 512)):
@@ -186,6 +197,8 @@ def main():
     parser.add_argument("--onemeval-sizes", nargs="*", type=int, default=[200_000])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args()
+    from test.runtime import tune_process
+    tune_process()  # as every entry point does: the allocator fix and the thread count
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     cuda = device.type == "cuda"

@@ -4,10 +4,19 @@ Image sizes are only known once decoded, so decoded images wait in per-size buck
 when it holds `batch_size` images; when too many images wait, the oldest bucket runs as it is (an
 image with a size of its own runs alone, as in the official one-by-one loop). Features land at
 their dataset index, so the output order never depends on the batching.
+
+Datasets ship uint8 CHW images; they are normalised on the compute device (test.images.
+normalize_images), bit-identical to the CPU normalisation. Float images pass through as they are
+(already normalised: test inputs, R1M failure markers). The speed switches (test/runtime.py
+ExtractOptions: batch, workers, threads, BN folding, channels-last, pinned memory, non-blocking
+copies, uint8 transfer) default to "auto", decided per device.
 """
 
 import contextlib
+import copy
+import warnings
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -15,22 +24,30 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from errors import UserError
+from model.inference import prepare_for_inference
+from test.images import MEAN_BGR, STD_BGR, normalize_images
+from test.runtime import ExtractOptions, tune_worker
 
 
 class _ErrorsAsValues(Dataset):
-    """Returns a UserError's message instead of raising it, so it crosses worker processes intact."""
+    """Returns a UserError's message instead of raising it, so it crosses worker processes intact.
+    With `normalize` (mean, std), uint8 images are normalised here, in the worker (the plain path)."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, normalize=None):
         self.dataset = dataset
+        self.normalize = normalize
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, index):
         try:
-            return self.dataset[index]
+            index, image = self.dataset[index]
         except UserError as error:
             return index, str(error)
+        if self.normalize is not None and not isinstance(image, str) and image.dtype == torch.uint8:
+            image = normalize_images(image, *self.normalize)
+        return index, image
 
 
 def autocast_context(device, precision):
@@ -54,12 +71,13 @@ class _Buckets:
 
     def add(self, index, image):
         """Add one image; return the batches that are ready to run."""
-        group = self.groups.setdefault(tuple(image.shape[-2:]), [])
+        key = (tuple(image.shape[-2:]), image.dtype)  # a float marker never joins uint8 images
+        group = self.groups.setdefault(key, [])
         group.append((index, image))
         self.waiting += 1
         ready = []
         if len(group) >= self.batch_size:
-            ready.append(self._pop(tuple(image.shape[-2:])))
+            ready.append(self._pop(key))
         while self.waiting > self.max_waiting:
             ready.append(self._pop(next(iter(self.groups))))
         return ready
@@ -74,34 +92,57 @@ class _Buckets:
         return group
 
 
-def extract_features(descriptor, dataset, device, batch_size=8, num_workers=2, precision="fp32",
-                     desc="extract"):
-    """Run `descriptor` over every image of `dataset` ((index, CHW tensor) items): (len, D) float32."""
+def prepared_descriptor(descriptor, options):
+    """A copy of `descriptor` with BN folded / channels-last as `options` (resolved) say; the
+    caller's module (and its parameter names) stay as they are."""
+    if not (options.on("fold_bn") or options.on("channels_last")):
+        return descriptor
+    return prepare_for_inference(copy.deepcopy(descriptor), fold_bn=options.on("fold_bn"),
+                                 channels_last=options.on("channels_last"))
+
+
+def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, precision="fp32",
+                     desc="extract", options=None, mean=MEAN_BGR, std=STD_BGR):
+    """Run `descriptor` over every image of `dataset` ((index, CHW tensor) items): (len, D) float32.
+
+    uint8 images are normalised with `mean`/`std` (BGR, the loader convention). `batch_size` and
+    `num_workers` override `options` (ExtractOptions) when given (> 0, >= 0); "auto" values are
+    decided for `device` (test/runtime.py)."""
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        descriptor = descriptor.to(memory_format=torch.channels_last)
-    loader = DataLoader(_ErrorsAsValues(dataset), batch_size=None, shuffle=False,
-                        num_workers=num_workers, pin_memory=cuda,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    options = replace(options or ExtractOptions(), **({"batch_size": batch_size} if batch_size > 0 else {}),
+                      **({"num_workers": num_workers} if num_workers >= 0 else {})).resolve(device)
+    torch.set_num_threads(options.num_threads)
+    channels_last, non_blocking = options.on("channels_last"), options.on("non_blocking")
+    model = prepared_descriptor(descriptor, options)
+    in_worker = None if options.on("uint8_transfer") else (mean, std)
+    workers = options.num_workers
+    loader = DataLoader(_ErrorsAsValues(dataset, in_worker), batch_size=None, shuffle=False,
+                        num_workers=workers, pin_memory=options.on("pin_memory"),
+                        worker_init_fn=tune_worker if workers else None,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
     features = None
-    buckets = _Buckets(batch_size, max_waiting=2 * batch_size + 8)
+    buckets = _Buckets(options.batch_size, max_waiting=2 * options.batch_size + 8)
 
     def run(group):
         nonlocal features
         indices = [index for index, _ in group]
-        batch = torch.stack([image for _, image in group]).to(device, non_blocking=cuda)
-        if cuda:
+        batch = torch.stack([image for _, image in group]).to(device, non_blocking=non_blocking)
+        if batch.dtype == torch.uint8:
+            batch = normalize_images(batch, mean, std)
+        if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, precision):
-            out = descriptor(batch).float().cpu().numpy()
+            out = model(batch).float().cpu().numpy()
         if features is None:
             features = np.zeros((len(dataset), out.shape[1]), dtype=np.float32)
         features[indices] = out
         bar.update(len(indices))
 
     with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
-        for index, image in loader:
+        with warnings.catch_warnings():  # pinning asked for without an accelerator: torch skips it
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            items = iter(loader)
+        for index, image in items:
             if isinstance(image, str):
                 raise UserError(image)
             for group in buckets.add(int(index), image):
@@ -111,3 +152,4 @@ def extract_features(descriptor, dataset, device, batch_size=8, num_workers=2, p
     if features is None:
         raise UserError(f"{desc}: no images to extract")
     return features
+

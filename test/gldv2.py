@@ -35,11 +35,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from errors import UserError
-from test.images import normalize, read_image
+from test.images import read_image, to_chw
 
 SOLUTION_NAME = "retrieval_solution_v2.1.csv"
 USAGES = ("Public", "Private")
@@ -212,7 +211,7 @@ def upscale_small(im: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
 
 
 class GLDv2Images(Dataset):
-    """``ds[i] = (i, CHW float32 tensor)`` like test.images.RevisitopImages, small images upscaled."""
+    """``ds[i] = (i, CHW uint8 tensor)`` like test.images.RevisitopImages, small images upscaled."""
 
     def __init__(self, paths, min_side: int = MIN_SIDE):
         self.paths = [os.fspath(p) for p in paths]
@@ -222,4 +221,4 @@ class GLDv2Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        return index, torch.from_numpy(normalize(upscale_small(read_image(self.paths[index]), self.min_side)))
+        return index, to_chw(upscale_small(read_image(self.paths[index]), self.min_side))

@@ -4,6 +4,10 @@
 converted, EXIF orientation is applied), refusing what it would silently damage (a truncated JPEG),
 optional query crop ``im[int(y1):int(y2), int(x1):int(x2)]``, then in float32:
 ``im / 255.0``, per channel ``(im - mean[c]) / std[c]`` (BGR order), HWC -> CHW. No resizing.
+
+The datasets ship the uint8 CHW image (a quarter of the float32 bytes through the DataLoader's
+shared memory and the host-to-device copy); `normalize_images` then runs on the compute device, in
+float32, bit-identical to the official numpy arithmetic (tests/test_images.py checks it).
 """
 
 from __future__ import annotations
@@ -84,26 +88,48 @@ def crop_box(im: np.ndarray, bbx: Sequence[float], path: str | os.PathLike = "<i
     return crop
 
 
+def normalize_images(images: torch.Tensor, mean=MEAN_BGR, std=STD_BGR) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 ``(images / 255 - mean[c]) / std[c]``, on the images' device.
+
+    Every step is one correctly rounded float32 operation, as numpy's: true division by tensors
+    (CUDA turns division by a Python scalar into multiplication by its reciprocal, which differs in
+    the last bit), mean and std rounded to float32 first."""
+    device = images.device
+    mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).to(device).view(3, 1, 1)
+    std = torch.as_tensor(np.asarray(std, dtype=np.float32)).to(device).view(3, 1, 1)
+    full_scale = torch.full((1,), 255.0, dtype=torch.float32, device=device)
+    return (images.to(torch.float32) / full_scale - mean) / std
+
+
+def to_chw(im: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> contiguous uint8 CHW tensor (what the datasets ship)."""
+    return torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))
+
+
 def normalize(im: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 BGR -> float32 3xHxW, ``(im / 255 - mean) / std`` per channel, all float32."""
-    x = im.astype(np.float32) / np.float32(255.0)
-    x = (x - MEAN_BGR) / STD_BGR  # broadcast over the channel axis: same float32 ops as the loop
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return normalize_images(to_chw(im)).numpy()
+
+
+def read_chw(path: str | os.PathLike, bbx: Sequence[float] | None = None) -> torch.Tensor:
+    """Read and optionally crop to ``bbx``: uint8 CHW BGR tensor, not yet normalised."""
+    im = read_image(path)
+    if bbx is not None:
+        im = crop_box(im, bbx, path)
+    return to_chw(im)
 
 
 def load_image(path: str | os.PathLike, bbx: Sequence[float] | None = None) -> np.ndarray:
     """Read, optionally crop to ``bbx``, and normalise: float32 array (3, H, W)."""
-    im = read_image(path)
-    if bbx is not None:
-        im = crop_box(im, bbx, path)
-    return normalize(im)
+    return normalize_images(read_chw(path, bbx)).numpy()
 
 
 class RevisitopImages(Dataset):
     """Images of one revisitop split; ``bboxes`` is None for the database, one bbx per query else.
 
-    ``ds[i]`` is ``(i, tensor)`` with a float32 CHW tensor. Sizes differ per image, so use
-    ``batch_size=1`` (or a custom collate) with a DataLoader. Picklable (plain lists only).
+    ``ds[i]`` is ``(i, tensor)`` with a uint8 CHW BGR tensor (`normalize_images` makes it the
+    network input). Sizes differ per image, so use ``batch_size=1`` (or a custom collate) with a
+    DataLoader. Picklable (plain lists only).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], bboxes: Sequence[Sequence[float]] | None = None):
@@ -119,4 +145,4 @@ class RevisitopImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         bbx = None if self.bboxes is None else self.bboxes[index]
-        return index, torch.from_numpy(load_image(self.paths[index], bbx))
+        return index, read_chw(self.paths[index], bbx)

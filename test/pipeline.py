@@ -15,6 +15,7 @@ from test.build import load_descriptor
 from test.cvnet_global import extract_cvnet_global
 from test.extract import extract_features
 from test.provenance import Timings
+from test.runtime import options_from_cfg, workers_for
 from test.search import rank_by_similarity, top_by_similarity
 from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
                             wanted_from_protocols)
@@ -33,15 +34,16 @@ def build_extractor(cfg, device):
     if cfg.TEST.DESCRIPTOR == "cvnet":
         def extract(split):
             return extract_cvnet_global(network, split.paths, split.bboxes, device,
-                                        scales=scales_of(cfg.TEST.SCALE_LIST), num_workers=cfg.TEST.NUM_WORKERS,
+                                        scales=scales_of(cfg.TEST.SCALE_LIST),
+                                        num_workers=workers_for(cfg.TEST.NUM_WORKERS, device),
                                         precision=cfg.TEST.PRECISION, upscale=cfg.TEST.CVNET_UPSCALE,
                                         desc=split.label)
         return extract, weights
     network.to(device)
 
     def extract(split):
-        return extract_features(network, split.images, device, batch_size=cfg.TEST.BATCH_SIZE,
-                                num_workers=cfg.TEST.NUM_WORKERS, precision=cfg.TEST.PRECISION, desc=split.label)
+        return extract_features(network, split.images, device, precision=cfg.TEST.PRECISION, desc=split.label,
+                                options=options_from_cfg(cfg))
     return extract, weights
 
 

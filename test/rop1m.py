@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 from errors import UserError
 from model.fingerprint import file_sha256, fingerprint_differences
 from test.extract import extract_features
-from test.images import jpeg_truncated, load_image  # noqa: F401 (jpeg_truncated: re-exported)
+from test.images import jpeg_truncated, read_chw  # noqa: F401 (jpeg_truncated: re-exported)
 from test.writer import atomic_write, json_bytes, remove_stale_temps
 
 LIST_NAME = "revisitop1m.txt"
@@ -110,13 +110,14 @@ def require_some_images(image_list, count=PROBE_ENTRIES):
 
 
 def load_entry(root, entry):
-    """One list entry, loaded exactly as test/images.load_image does; UserError whose message is
+    """One list entry as a uint8 CHW tensor (test/images.read_chw, normalised on the compute device
+    by extract_features, as test.py's images are); UserError whose message is
     the reason (without the path) when it is missing, empty, truncated or not decodable."""
     path = resolve_entry(root, entry)
     if not os.path.exists(path):
         raise UserError(f"file does not exist (neither {IMAGE_DIR}/{entry} nor {entry} under the data directory)")
     try:
-        return load_image(path)
+        return read_chw(path)
     except UserError as error:
         message, prefix = str(error), f"cannot read image {path}: "
         raise UserError(message[len(prefix):] if message.startswith(prefix) else message.replace(path, entry)) from None
@@ -143,8 +144,9 @@ def _marker():
 
 
 class TolerantImages(Dataset):
-    """Entries [start, end) of a list as (local index, CHW float32 tensor); an image that cannot
-    be loaded yields the NaN marker instead of raising, so extraction carries on."""
+    """Entries [start, end) of a list as (local index, CHW uint8 tensor); an image that cannot be
+    loaded yields the float NaN marker instead of raising, so extraction carries on (the marker is
+    float, so it never shares a batch with an image and passes normalisation untouched)."""
 
     def __init__(self, root, entries):
         self.root = os.fspath(root)
@@ -155,7 +157,7 @@ class TolerantImages(Dataset):
 
     def __getitem__(self, index):
         try:
-            return index, torch.from_numpy(load_entry(self.root, self.entries[index]))
+            return index, load_entry(self.root, self.entries[index])
         except Exception:  # noqa: BLE001 - recorded (reason re-derived) by extract_part
             return index, _marker()
 
@@ -179,14 +181,15 @@ class MarkerAware(nn.Module):
         return out
 
 
-def extract_part(descriptor, image_list, start, end, device, batch_size, num_workers, precision, desc, dim):
+def extract_part(descriptor, image_list, start, end, device, batch_size, num_workers, precision, desc, dim,
+                 options=None):
     """Features of entries [start, end): ((n, dim) float32 with zero rows for failures, failures).
 
     Uses test/extract.extract_features, the path of test.py's database features. Failed rows come
     back as NaN (markers, or a non-finite descriptor); their reasons are re-derived here."""
     dataset = TolerantImages(image_list.root, image_list.entries[start:end])
     features = extract_features(MarkerAware(descriptor, dim), dataset, device, batch_size=batch_size,
-                                num_workers=num_workers, precision=precision, desc=desc)
+                                num_workers=num_workers, precision=precision, desc=desc, options=options)
     failed = []
     for local in np.flatnonzero(~np.isfinite(features).all(axis=1)):
         entry = dataset.entries[local]

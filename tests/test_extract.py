@@ -1,5 +1,7 @@
 """Batched extraction gives the batch-1 features, in dataset order, and errors cross workers intact."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from errors import UserError
 from test.build import build_descriptor
 from test.extract import _Buckets, extract_features
 from test.images import RevisitopImages
+from test.runtime import ExtractOptions
 from test.synthetic import random_resnet, stand_in_sizes, textured_image
 
 
@@ -81,3 +84,37 @@ def test_bf16_stays_close_to_fp32(descriptor):
     bf16 = extract_features(descriptor, data, "cpu", precision="bf16", num_workers=0)
     cosine = (fp32 * bf16).sum(1) / np.linalg.norm(bf16, axis=1)
     assert (cosine > 0.95).all()
+
+
+def write_images(folder, sizes, seed=0):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        path = folder / f"im{i}.png"
+        cv2.imwrite(str(path), textured_image(w, h, rng, i)[:, :, ::-1])
+        paths.append(path)
+    return paths
+
+
+PLAIN = ExtractOptions(batch_size=1, num_workers=0, fold_bn="off", channels_last="off", pin_memory="off",
+                       non_blocking="off", uint8_transfer="off")
+
+
+def test_every_cuda_branch_switched_on_on_cpu_gives_the_plain_features(descriptor, tmp_path):
+    sizes = stand_in_sizes(3, divisor=16, seed=5)
+    images = RevisitopImages(write_images(tmp_path, sizes + sizes[:2]))  # two sizes batch up
+    plain = extract_features(descriptor, images, "cpu", options=PLAIN)
+    # uint8 transfer alone: the device normalisation is bit-identical to the loader's
+    uint8 = extract_features(descriptor, images, "cpu", options=replace(PLAIN, uint8_transfer="on"))
+    assert np.array_equal(uint8, plain)
+    everything = ExtractOptions(batch_size=2, num_workers=1, num_threads=2, fold_bn="on", channels_last="on",
+                                pin_memory="on", non_blocking="on", uint8_transfer="on")
+    fast = extract_features(descriptor, images, "cpu", options=everything)
+    assert fast.shape == plain.shape
+    assert ((fast * plain).sum(1) >= 1 - 1e-5).all()
+    np.testing.assert_array_equal(np.argsort(-(fast @ fast[:2].T), 0), np.argsort(-(plain @ plain[:2].T), 0))
+    # the defaults are the fast path; the caller's module keeps its BatchNorms and parameter names
+    assert ((extract_features(descriptor, images, "cpu") * plain).sum(1) >= 1 - 1e-5).all()
+    assert "backbone.stem.bn.running_mean" in descriptor.state_dict()

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from errors import UserError
-from test.images import RevisitopImages, crop_box, load_image, normalize, read_image
+from test.images import (MEAN_BGR, STD_BGR, RevisitopImages, crop_box, load_image, normalize, normalize_images,
+                         read_image)
 
 
 def write_png(path, arr):
@@ -139,13 +140,14 @@ def test_dataset(tmp_path):
     db = RevisitopImages(paths)
     assert len(db) == 5
     i, t = db[3]
-    assert i == 3 and isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    assert i == 3 and isinstance(t, torch.Tensor) and t.dtype == torch.uint8  # normalised on the device
     assert tuple(t.shape) == (3, 11, 15)
-    assert np.array_equal(t.numpy(), normalize(rgbs[3][:, :, ::-1]))
+    assert np.array_equal(t.numpy(), rgbs[3][:, :, ::-1].transpose(2, 0, 1))
+    assert np.array_equal(normalize_images(t).numpy(), official_prepare(rgbs[3][:, :, ::-1].copy()))
     q = RevisitopImages(paths, bboxes=[[1.7, 2.2, 5.9, 7.99]] * 5)
     i, t = q[4]
     assert i == 4 and tuple(t.shape) == (3, 5, 4)
-    assert np.array_equal(t.numpy(), normalize(rgbs[4][2:7, 1:5, ::-1]))
+    assert np.array_equal(normalize_images(t).numpy(), normalize(rgbs[4][2:7, 1:5, ::-1]))
     clone = pickle.loads(pickle.dumps(q))
     assert torch.equal(clone[4][1], t)
     with pytest.raises(ValueError):
@@ -159,8 +161,30 @@ def test_dataloader_with_workers(tmp_path):
     for idx, t in loader:
         i = int(idx[0])
         seen.append(i)
-        assert np.array_equal(t[0].numpy(), normalize(rgbs[i][:, :, ::-1]))
+        assert np.array_equal(normalize_images(t[0]).numpy(), normalize(rgbs[i][:, :, ::-1]))
     assert seen == list(range(5))
+
+
+def test_device_normalisation_is_bit_identical_to_the_numpy_loader():
+    """Every uint8 value in every channel, batched: the torch path equals the official numpy one."""
+    values = np.arange(256, dtype=np.uint8)
+    im = np.stack([np.roll(values, k) for k in range(3)], axis=-1).reshape(16, 16, 3)  # HWC BGR
+    expected = official_prepare(im.copy())
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack([im, im[::-1]]).transpose(0, 3, 1, 2)))
+    out = normalize_images(batch, MEAN_BGR, STD_BGR)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 16, 16)
+    assert np.array_equal(out[0].numpy(), expected)
+    assert np.array_equal(out[1].numpy(), official_prepare(im[::-1].copy()))
+    # channels-last input gives the same values
+    assert torch.equal(normalize_images(batch.contiguous(memory_format=torch.channels_last)), out)
+
+
+def test_normalisation_takes_mean_and_std():
+    px = torch.tensor([[[255]], [[0]], [[51]]], dtype=torch.uint8)
+    out = normalize_images(px, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    f32 = np.float32
+    assert out.flatten().tolist() == [(f32(1) - f32(0.5)) / f32(0.25), (f32(0) - f32(0.5)) / f32(0.5),
+                                      f32(f32(51) / f32(255)) - f32(0.5)]
 
 
 def test_require_images_names_the_first_missing(tmp_path):
