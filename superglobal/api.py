@@ -12,6 +12,7 @@ from errors import UserError
 from test.build import descriptor_dim, load_descriptor as load_network
 from test.extract import autocast_context, extract_features
 from test.images import RevisitopImages, load_image
+from test.runtime import options_from_cfg
 
 BACKBONES = {"resnet": "RESNET", "lite0": "EFFICIENTNET_LITE0"}
 
@@ -58,16 +59,19 @@ class Descriptor:
         """Length of a descriptor (2048 for CVNet, 1280 for Lite0)."""
         return descriptor_dim(self.cfg)
 
-    def embed_images(self, paths, boxes=None, batch_size=8, num_workers=0):
+    def embed_images(self, paths, boxes=None, batch_size=0, num_workers=-1):
         """Image files -> numpy float32 (len(paths), dim), L2-normalised rows, in `paths` order.
 
         boxes: None, or one [x1, y1, x2, y2] per path (query crops, as revisitop's bbx).
         Images of the same size share a forward pass (`batch_size`); `num_workers` > 0 decodes
-        them in worker processes.
+        them in worker processes. The defaults (0, -1) are test.py's device-aware ones and its
+        TEST.* speed keys, so the result equals test.py's features bit for bit; another batch size
+        can change the last bits (batched convolutions sum in another order).
         """
         images = RevisitopImages(paths, boxes)
         return extract_features(self.module, images, self.device, batch_size=batch_size,
-                                num_workers=num_workers, precision=self.cfg.TEST.PRECISION, desc="embed")
+                                num_workers=num_workers, precision=self.cfg.TEST.PRECISION, desc="embed",
+                                options=options_from_cfg(self.cfg))
 
     def embed_tensors(self, batch):
         """A (B, 3, H, W) float batch normalised as `load_image` does (BGR, ImageNet mean/std) ->

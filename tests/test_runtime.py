@@ -12,8 +12,10 @@ from test.runtime import ExtractOptions, default_workers, options_from_cfg, usab
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Allocates, touches and frees 64 MiB six times; prints the minor page faults of the last four rounds
-# (the first rounds may still grow the heap around small allocations made in between).
+# A small conv net run over three image sizes, as an extraction does: two warm-up rounds, then the
+# minor page faults and the resident-set growth of four more rounds. (A bare malloc/free loop is a
+# poor stand-in: with 2 threads, small allocations land between the big blocks and glibc's aligned
+# allocation then cannot reuse a freed block of exactly the same size.)
 FAULTS = """
 import resource, sys
 sys.path.insert(0, {root!r})
@@ -21,30 +23,42 @@ import torch
 if {tune}:
     from test.runtime import tune_process
     tune_process()
-def round_trip():
-    x = torch.empty(16 * 2**20, dtype=torch.float32)
-    x.fill_(1.0)
-    del x
-round_trip()
-round_trip()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    round_trip()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.Conv2d(32, 64, 3, padding=1)).eval()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+def one_round():
+    for size in ((320, 448), (448, 320), (384, 384)):
+        net(torch.rand(1, 3, *size))
+with torch.inference_mode():
+    one_round()
+    one_round()
+    before, resident = faults(), resident_mib()
+    for _ in range(4):
+        one_round()
+    print(faults() - before, resident_mib() - resident)
 """
 
 
-def late_round_faults(tune):
+def late_rounds(tune):
+    """(minor page faults, resident MiB growth) of the four late rounds."""
     out = subprocess.run([sys.executable, "-c", FAULTS.format(root=str(ROOT), tune=tune)],
                          capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
+    faults, growth = out.stdout.split()[-2:]
+    return int(faults), int(growth)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
-    pages = 64 * 2**20 // 4096
-    assert late_round_faults(False) > 3 * pages  # glibc unmaps the block each time and maps it anew
-    assert late_round_faults(True) < pages // 2  # kept: later rounds touch pages already mapped
+    activation_pages = 64 * 384 * 384 * 4 // 4096  # one conv output, the largest block of a round
+    plain_faults, _ = late_rounds(False)
+    tuned_faults, tuned_growth = late_rounds(True)
+    assert plain_faults > 4 * activation_pages  # glibc unmaps each activation and maps it anew
+    assert tuned_faults < activation_pages // 2  # kept: later rounds touch pages already mapped
+    assert tuned_growth <= 8  # ... and reuse them: the heap does not grow round after round
 
 
 def test_cpu_defaults_do_not_oversubscribe():

@@ -190,6 +190,13 @@ def test_bad_value_lists_are_one_line_exit_2(workspace, entry, grid, fragments):
 
 
 def test_output_never_replaces_an_input(workspace, entry):
-    done = entry("sweep.py", "--query", "Q.npy", "--db", "X.npy", "--gnd", "sweep.json", "--out-dir", ".",
-                 cwd=workspace)
-    error_line(done, "would overwrite the input")
+    """A ground truth that happens to be named like an output, in the output folder, is refused before
+    anything is read or written."""
+    folder = workspace / "inputs"
+    folder.mkdir(exist_ok=True)
+    (folder / "sweep.json").write_bytes((workspace / "gnd.pkl").read_bytes())
+    done = entry("sweep.py", "--query", "Q.npy", "--db", "X.npy", "--gnd", "inputs/sweep.json",
+                 "--out-dir", "inputs", cwd=workspace)
+    error_line(done, "refusing to write inputs/sweep.json", "it is an input of this run (--gnd)")
+    assert (folder / "sweep.json").read_bytes() == (workspace / "gnd.pkl").read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["sweep.json"]
