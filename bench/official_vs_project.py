@@ -115,14 +115,23 @@ def project_child(args):
     except ImportError:
         pass  # an older tree without it
     from config import load_cfg_from_args
-    spec = importlib.util.spec_from_file_location("test_entry", root / "test.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
     model = ["MODEL.TYPE", "EFFICIENTNET_LITE0"] if args.model == "lite0" else \
         ["MODEL.DEPTH", "101" if args.model == "r101" else "50"]
     cfg = load_cfg_from_args(model + ["TEST.WEIGHTS", args.weights, "DEVICE", args.device])
-    extract, _ = entry.build_extractor(cfg, torch.device(args.device))
-    np.save(args.out, extract(args.paths, None, "project"))
+    device = torch.device(args.device)
+    try:  # this tree: one flow over dataset splits (test/pipeline.py)
+        from test.datasets import Split
+        from test.images import RevisitopImages
+        from test.pipeline import build_extractor
+    except ImportError:  # an older tree: build_extractor lived in test.py and took (paths, bboxes, label)
+        spec = importlib.util.spec_from_file_location("test_entry", root / "test.py")
+        entry = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(entry)
+        extract, _ = entry.build_extractor(cfg, device)
+        np.save(args.out, extract(args.paths, None, "project"))
+        return
+    extract, _ = build_extractor(cfg, device)
+    np.save(args.out, extract(Split("project", args.paths, None, RevisitopImages(args.paths))))
 
 
 def load_model_weights(descriptor, cfg, weights):
@@ -185,11 +194,11 @@ def summarise(runs, sides):
 
 
 def table(rows):
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # later rows add the agreement columns
     fmt = [lambda v: f"{v:.3g}" if isinstance(v, float) and abs(v) < 100 else
            (f"{v:.0f}" if isinstance(v, float) else str(v))][0]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 

@@ -20,10 +20,9 @@ TensorFlow "SAME" padding as efficientnet_pytorch does (total pad max((ceil(n/s)
 the odd pixel after), stride-1 ones the symmetric (k-1)//2 that this amounts to. The mapping is
 checked by the ImageNet class of skimage's `chelsea` in tests/test_demo.py.
 
-Input: the project's loader gives BGR images normalised with the ImageNet mean/std (test/images.py,
-the CVNet convention). The Lite weights expect RGB in [-1, 1] ((x - 127) / 128 in TF,
-mean 0.498 / std 0.502 here), so the first thing `forward` does is undo the BGR normalisation and apply
-that one (a fixed per-channel affine map and a channel flip).
+Input: RGB in about [-1, 1], as the Lite weights were trained ((x - 127) / 128 in TF; mean 0.498 /
+std 0.502 of x / 255 here). The backbone registry states it (model/registry.py LITE_INPUT), and the
+loader's normalisation produces it from the BGR uint8 image (test/images.normalize_images).
 
 ReLU+ (`relup=True`): the head's ReLU6 becomes min(max(x, alpha), 6), i.e. ReLU+ with the ReLU6 cap:
 the head activation is the one that produces the map SuperGlobal pools, and the MBConv blocks end in
@@ -39,11 +38,11 @@ from pathlib import Path
 
 import math
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from errors import UserError
+from model.backbone import RetrievalBackbone
 from model.checkpoint import read_state_dict
 
 BN_EPS = 1e-3
@@ -53,9 +52,6 @@ WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # (repeats, kernel, stride, expansion, width in, width out) of EfficientNet-Lite0's seven stages.
 STAGES = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
-# ImageNet normalisation of the loader (BGR order) and the Lite models' own (RGB, ~[-1, 1]).
-LOADER_MEAN_BGR, LOADER_STD_BGR = (0.406, 0.456, 0.485), (0.225, 0.224, 0.229)
-LITE_MEAN, LITE_STD = 0.498, 0.502
 
 
 class Conv2dSame(nn.Conv2d):
@@ -134,8 +130,9 @@ class RetrievalHead(nn.Module):
         self.fc = nn.Identity()
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 returning its last feature map (B, 1280, H/32, W/32)."""
+class EfficientNetLite0(RetrievalBackbone):
+    """EfficientNet-Lite0 returning its last feature map (B, 1280, H/32, W/32); its head is plain GeM
+    (p = 3) and no whitening (`head.fc` is the identity)."""
 
     depth = "lite0"
 
@@ -155,14 +152,9 @@ class EfficientNetLite0(nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self.head_act = ReLU6Plus(relup_alpha) if relup else nn.ReLU6(inplace=True)
         self.head = RetrievalHead()
-        # x_lite = x_loader * scale + shift, per input channel (BGR), then flipped to RGB.
-        std, mean = torch.tensor(LOADER_STD_BGR), torch.tensor(LOADER_MEAN_BGR)
-        self.register_buffer("in_scale", (std / LITE_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_shift", ((mean - LITE_MEAN) / LITE_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x):
-        """Loader-normalised BGR batch -> last feature map."""
-        x = (x * self.in_scale + self.in_shift).flip(1)
+        """RGB batch in [-1, 1] (B, 3, H, W) -> last feature map."""
         x = self.act(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
@@ -170,17 +162,6 @@ class EfficientNetLite0(nn.Module):
 
     def forward_features(self, x):
         return self.features(x)
-
-    def forward_pool(self, fmap):
-        """Plain GeM (p=3), used when GeM+ is off: (B, C, h, w) -> (B, C)."""
-        return self.head.pool(fmap)
-
-    def forward_head(self, pooled):
-        """No whitening layer: the pooled vector is the descriptor."""
-        return self.head.fc(pooled)
-
-    def forward(self, x):
-        return self.forward_features(x)
 
     def classify(self, x):
         """ImageNet logits (B, 1000), as the model was trained: average pooling and `_fc`."""

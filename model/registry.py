@@ -1,7 +1,9 @@
 """The backbone registry: everything the rest of the project needs to know about a backbone.
 
 Each entry builds the module, loads its weights, and states its descriptor width and the input
-mean/std (BGR, the loader's channel order). A backbone module exposes, in the style of timm,
+its weights expect (`InputNorm`: mean/std in the loader's BGR order, and whether the network takes
+RGB), in the spirit of timm's pretrained configs. The loader always reads BGR uint8 (cv2, as the
+official code); test/images.normalize_images turns it into that input on the compute device. A backbone module exposes, in the style of timm,
 
     forward_features(images) -> last feature map (B, C, h, w)
     forward_pool(fmap)       -> its own pooling (B, C), used when GeM+ is off
@@ -19,7 +21,22 @@ from model.checkpoint import load_weights as load_cvnet_weights
 from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0, load_lite0_weights
 from model.resnet import ResNet
 
-CVNET_MEAN_BGR, CVNET_STD_BGR = (0.406, 0.456, 0.485), (0.225, 0.224, 0.229)
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """What a network takes: ``(uint8 / 255 - mean[c]) / std[c]`` per BGR channel, then the channels
+    reversed to RGB when `rgb`."""
+
+    mean_bgr: tuple
+    std_bgr: tuple
+    rgb: bool = False
+
+
+# CVNet (ImageNet statistics, BGR: the official loader's _MEAN / _SD).
+CVNET_INPUT = InputNorm((0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
+# EfficientNet-Lite (TensorFlow's (x - 127) / 128, ~[-1, 1], RGB).
+LITE_INPUT = InputNorm((0.498, 0.498, 0.498), (0.502, 0.502, 0.502), rgb=True)
 
 
 @dataclass(frozen=True)
@@ -29,8 +46,7 @@ class BackboneEntry:
     load_weights: Callable  # (module, weights path or dir, depth) -> the file loaded (Path)
     dim: Callable         # reduction_dim -> descriptor width
     tag: Callable         # depth -> short name for file names (RN50, LITE0)
-    mean_bgr: tuple = CVNET_MEAN_BGR
-    std_bgr: tuple = CVNET_STD_BGR
+    input_norm: InputNorm = CVNET_INPUT
     depths: tuple = ()    # the depths it accepts (empty: depth is ignored)
 
 
@@ -65,4 +81,5 @@ register(BackboneEntry(
     load_weights=lambda module, weights, depth: load_lite0_weights(module, weights),
     dim=lambda reduction_dim: LITE0_DIM,
     tag=lambda depth: "LITE0",
+    input_norm=LITE_INPUT,
 ))

@@ -13,6 +13,7 @@ with ReLU+ switched off; `stage1_quirk=True` keeps that so ablation numbers matc
 import torch
 import torch.nn as nn
 
+from model.backbone import RetrievalBackbone
 from modules.coarse_retrieval import ReLUPlus
 
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -112,7 +113,7 @@ class GlobalHead(nn.Module):
         self.fc = nn.Linear(w_in, nc, bias=True)
 
 
-class ResNet(nn.Module):
+class ResNet(RetrievalBackbone):
     """CVNet ResNet-50/101 backbone (conv5 feature map) plus its global head's parameters."""
 
     def __init__(self, depth=50, reduction_dim=2048, relup=True, relup_alpha=0.014, stage1_quirk=True):
@@ -132,13 +133,3 @@ class ResNet(nn.Module):
         """Image batch (B, 3, H, W) -> conv5 feature map (B, 2048, H/32, W/32)."""
         return self.s4(self.s3(self.s2(self.s1(self.stem(x)))))
 
-    def forward_pool(self, fmap):
-        """The checkpoint's own pooling (learned GeM), used when GeM+ is off: (B, C, h, w) -> (B, C)."""
-        return self.head.pool(fmap)
-
-    def forward_head(self, pooled):
-        """Pooled (B, C) -> descriptor (B, D) through the whitening layer ``head.fc``."""
-        return self.head.fc(pooled)
-
-    def forward(self, x):
-        return self.forward_features(x)

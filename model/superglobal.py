@@ -25,12 +25,16 @@ def resize_for_scale(images, scale):
 
 
 class SuperGlobalDescriptor(nn.Module):
-    """Image batch (B, 3, H, W), normalised -> L2-normalised global descriptors (B, D)."""
+    """Image batch (B, 3, H, W), normalised -> L2-normalised global descriptors (B, D).
+
+    `input_norm` (model/registry.py InputNorm, None: CVNet's) records how the backbone wants its
+    input normalised; the extraction loop reads it, the module itself never renormalises."""
 
     def __init__(self, backbone, scales, gemp=True, rgem=True, sgem=True,
-                 gemp_p=4.6, rgem_p=2.5, rgem_size=5):
+                 gemp_p=4.6, rgem_p=2.5, rgem_size=5, input_norm=None):
         super().__init__()
         self.backbone = backbone
+        self.input_norm = input_norm
         self.scales = list(scales)
         self.gemp = GeMPlus(p=gemp_p, eps=1e-8) if gemp else None
         self.rgem = RegionalGeM(p=rgem_p, size=rgem_size) if rgem else None

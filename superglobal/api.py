@@ -9,6 +9,7 @@ import torch
 
 from config import load_cfg_from_args
 from errors import UserError
+from model.registry import CVNET_INPUT
 from test.build import descriptor_dim, load_descriptor as load_network
 from test.extract import autocast_context, extract_features
 from test.images import RevisitopImages, load_image
@@ -73,14 +74,25 @@ class Descriptor:
                                 num_workers=num_workers, precision=self.cfg.TEST.PRECISION, desc="embed",
                                 options=options_from_cfg(self.cfg))
 
+    @property
+    def input_norm(self):
+        """How this backbone wants its input (model/registry.py InputNorm: mean/std, RGB or BGR)."""
+        return self.module.input_norm or CVNET_INPUT
+
+    def load_image(self, path, box=None):
+        """One image file (cropped to `box` [x1, y1, x2, y2] if given), normalised for this backbone:
+        numpy float32 (3, H, W), what `embed_tensors` takes (stacked into a batch)."""
+        return load_image(path, box, self.input_norm)
+
     def embed_tensors(self, batch):
-        """A (B, 3, H, W) float batch normalised as `load_image` does (BGR, ImageNet mean/std) ->
-        torch float32 (B, dim), L2-normalised rows, on the batch's device."""
+        """A (B, 3, H, W) float batch normalised for this backbone (`self.load_image`: BGR ImageNet
+        mean/std for CVNet, RGB in [-1, 1] for Lite0) -> torch float32 (B, dim), L2-normalised rows,
+        on the batch's device."""
         if not isinstance(batch, torch.Tensor) or batch.dim() != 4 or batch.shape[1] != 3 \
                 or not batch.is_floating_point():
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise UserError(f"embed_tensors expects a float tensor (B, 3, H, W), got {shape}; "
-                            "superglobal.load_image(path) gives one image as (3, H, W)")
+                            "model.load_image(path) gives one image as (3, H, W)")
         with torch.inference_mode(), autocast_context(self.device, self.cfg.TEST.PRECISION):
             out = self.module(batch.to(self.device)).float()
         return out.to(batch.device)

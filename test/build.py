@@ -42,7 +42,8 @@ def build_descriptor(cfg):
     """The SuperGlobal descriptor network that `cfg` describes, in eval mode, untrained."""
     supg = cfg.SupG
     descriptor = SuperGlobalDescriptor(build_backbone(cfg), scales_of(cfg.TEST.SCALE_LIST), supg.gemp,
-                                       supg.rgem, supg.sgem, supg.gemp_p, supg.rgem_p, supg.rgem_size)
+                                       supg.rgem, supg.sgem, supg.gemp_p, supg.rgem_p, supg.rgem_size,
+                                       input_norm=backbone_of(cfg).input_norm)
     return descriptor.eval()
 
 

@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from errors import UserError
 from model.inference import prepare_for_inference
-from test.images import MEAN_BGR, STD_BGR, normalize_images
+from model.registry import CVNET_INPUT
+from test.images import normalize_for
 from test.runtime import ExtractOptions, tune_worker
 
 
 class _ErrorsAsValues(Dataset):
     """Returns a UserError's message instead of raising it, so it crosses worker processes intact.
-    With `normalize` (mean, std), uint8 images are normalised here, in the worker (the plain path)."""
+    With `normalize` (an InputNorm), uint8 images are normalised here, in the worker (the plain path)."""
 
     def __init__(self, dataset, normalize=None):
         self.dataset = dataset
@@ -46,7 +47,7 @@ class _ErrorsAsValues(Dataset):
         except UserError as error:
             return index, str(error)
         if self.normalize is not None and not isinstance(image, str) and image.dtype == torch.uint8:
-            image = normalize_images(image, *self.normalize)
+            image = normalize_for(image, self.normalize)
         return index, image
 
 
@@ -102,10 +103,11 @@ def prepared_descriptor(descriptor, options):
 
 
 def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, precision="fp32",
-                     desc="extract", options=None, mean=MEAN_BGR, std=STD_BGR):
+                     desc="extract", options=None, norm=None):
     """Run `descriptor` over every image of `dataset` ((index, CHW tensor) items): (len, D) float32.
 
-    uint8 images are normalised with `mean`/`std` (BGR, the loader convention). `batch_size` and
+    uint8 images (BGR) are normalised as `norm` (model/registry.py InputNorm) says; default: the
+    descriptor's own `input_norm`, else CVNet's. `batch_size` and
     `num_workers` override `options` (ExtractOptions) when given (> 0, >= 0); "auto" values are
     decided for `device` (test/runtime.py)."""
     device = torch.device(device)
@@ -114,7 +116,8 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
     torch.set_num_threads(options.num_threads)
     channels_last, non_blocking = options.on("channels_last"), options.on("non_blocking")
     model = prepared_descriptor(descriptor, options)
-    in_worker = None if options.on("uint8_transfer") else (mean, std)
+    norm = norm or getattr(descriptor, "input_norm", None) or CVNET_INPUT
+    in_worker = None if options.on("uint8_transfer") else norm
     workers = options.num_workers
     loader = DataLoader(_ErrorsAsValues(dataset, in_worker), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=options.on("pin_memory"),
@@ -128,7 +131,7 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
         indices = [index for index, _ in group]
         batch = torch.stack([image for _, image in group]).to(device, non_blocking=non_blocking)
         if batch.dtype == torch.uint8:
-            batch = normalize_images(batch, mean, std)
+            batch = normalize_for(batch, norm)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, precision):

@@ -21,10 +21,11 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import UserError
+from model.registry import CVNET_INPUT, InputNorm
 
 # BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
-MEAN_BGR = np.array([0.406, 0.456, 0.485], dtype=np.float32)
-STD_BGR = np.array([0.225, 0.224, 0.229], dtype=np.float32)
+MEAN_BGR = np.array(CVNET_INPUT.mean_bgr, dtype=np.float32)
+STD_BGR = np.array(CVNET_INPUT.std_bgr, dtype=np.float32)
 
 
 def jpeg_truncated(path: str | os.PathLike) -> bool:
@@ -88,8 +89,9 @@ def crop_box(im: np.ndarray, bbx: Sequence[float], path: str | os.PathLike = "<i
     return crop
 
 
-def normalize_images(images: torch.Tensor, mean=MEAN_BGR, std=STD_BGR) -> torch.Tensor:
-    """uint8 (..., 3, H, W) -> float32 ``(images / 255 - mean[c]) / std[c]``, on the images' device.
+def normalize_images(images: torch.Tensor, mean=MEAN_BGR, std=STD_BGR, rgb: bool = False) -> torch.Tensor:
+    """uint8 (..., 3, H, W) BGR -> float32 ``(images / 255 - mean[c]) / std[c]``, on the images' device;
+    the channels then reversed to RGB when `rgb` (a backbone trained on RGB, e.g. EfficientNet-Lite).
 
     Every step is one correctly rounded float32 operation, as numpy's: true division by tensors
     (CUDA turns division by a Python scalar into multiplication by its reciprocal, which differs in
@@ -98,7 +100,13 @@ def normalize_images(images: torch.Tensor, mean=MEAN_BGR, std=STD_BGR) -> torch.
     mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).to(device).view(3, 1, 1)
     std = torch.as_tensor(np.asarray(std, dtype=np.float32)).to(device).view(3, 1, 1)
     full_scale = torch.full((1,), 255.0, dtype=torch.float32, device=device)
-    return (images.to(torch.float32) / full_scale - mean) / std
+    out = (images.to(torch.float32) / full_scale - mean) / std
+    return out.flip(-3) if rgb else out
+
+
+def normalize_for(images: torch.Tensor, norm: InputNorm) -> torch.Tensor:
+    """`normalize_images` with a backbone's input convention (model/registry.py InputNorm)."""
+    return normalize_images(images, norm.mean_bgr, norm.std_bgr, norm.rgb)
 
 
 def to_chw(im: np.ndarray) -> torch.Tensor:
@@ -119,9 +127,11 @@ def read_chw(path: str | os.PathLike, bbx: Sequence[float] | None = None) -> tor
     return to_chw(im)
 
 
-def load_image(path: str | os.PathLike, bbx: Sequence[float] | None = None) -> np.ndarray:
-    """Read, optionally crop to ``bbx``, and normalise: float32 array (3, H, W)."""
-    return normalize_images(read_chw(path, bbx)).numpy()
+def load_image(path: str | os.PathLike, bbx: Sequence[float] | None = None,
+               norm: InputNorm = CVNET_INPUT) -> np.ndarray:
+    """Read, optionally crop to ``bbx``, and normalise for a backbone (default CVNet's): float32
+    array (3, H, W)."""
+    return normalize_for(read_chw(path, bbx), norm).numpy()
 
 
 class RevisitopImages(Dataset):

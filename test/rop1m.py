@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 from errors import UserError
 from model.fingerprint import file_sha256, fingerprint_differences
 from test.extract import extract_features
-from test.images import jpeg_truncated, read_chw  # noqa: F401 (jpeg_truncated: re-exported)
+from test.images import read_chw
 from test.writer import atomic_write, json_bytes, remove_stale_temps
 
 LIST_NAME = "revisitop1m.txt"
@@ -170,6 +170,7 @@ class MarkerAware(nn.Module):
         super().__init__()
         self.descriptor = descriptor
         self.dim = dim
+        self.input_norm = getattr(descriptor, "input_norm", None)  # the extraction loop normalises with it
 
     def forward(self, images):
         if tuple(images.shape[-2:]) != (1, 1):

@@ -121,6 +121,13 @@ def test_lite0_packaged_weights(workspace):
     features = model.embed_images([root / "photos" / "a.jpg", root / "photos" / "b.jpg"])
     assert features.shape == (2, 1280)
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+    # Lite0's own input, written out independently: RGB, (x / 255 - 0.498) / 0.502 (TF's (x - 127) / 128)
+    rgb = cv2.imread(str(root / "photos" / "a.jpg"))[:, :, ::-1].astype(np.float32)
+    expected = ((rgb / np.float32(255) - np.float32(0.498)) / np.float32(0.502)).transpose(2, 0, 1)
+    image = model.load_image(root / "photos" / "a.jpg")
+    np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)
+    through_tensors = model.embed_tensors(torch.from_numpy(image)[None]).numpy()
+    np.testing.assert_allclose(through_tensors, features[:1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("call, fragment", [

@@ -88,14 +88,16 @@ def test_pretrained_weights_classify_chelsea_as_a_cat():
     import skimage.data
 
     from model.efficientnet_lite import EfficientNetLite0, load_lite0_weights
-    from test.images import normalize
+    from model.registry import get_backbone
+    from test.images import normalize_for, to_chw
 
     model = EfficientNetLite0().eval()
     load_lite0_weights(model, "auto")
     image = cv2.resize(np.ascontiguousarray(skimage.data.chelsea()[:, :, ::-1]), (224, 224),
-                       interpolation=cv2.INTER_AREA)
+                       interpolation=cv2.INTER_AREA)  # BGR, as the loader reads it
+    lite_input = normalize_for(to_chw(image), get_backbone("EFFICIENTNET_LITE0").input_norm)
     with torch.no_grad():
-        probabilities = model.classify(torch.from_numpy(normalize(image))[None]).softmax(-1)[0]
+        probabilities = model.classify(lite_input[None]).softmax(-1)[0]
     assert 281 <= int(probabilities.argmax()) <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert probabilities[281:286].sum() > 0.8
 

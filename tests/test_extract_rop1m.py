@@ -25,7 +25,8 @@ from test.build import descriptor_fingerprint
 from test.build import build_descriptor
 from test.extract import extract_features
 from test.images import RevisitopImages
-from test.rop1m import jpeg_truncated, part_ranges, parts_of_shard, resolve_entry
+from test.images import jpeg_truncated
+from test.rop1m import part_ranges, parts_of_shard, resolve_entry
 from test.synthetic import textured_image, write_checkpoint, write_r1m
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from modules.reranking import rerank
 from test.evaluate import evaluate_revisitop, top_block_evaluator
 from test.gnd import protocols
 from test.sweep import anchor, line, run_sweep, sweep_tops
-from tests.faults_common import ROOT, entry, error_line, run_script  # noqa: F401 (fixture)
+from tests.faults_common import ROOT, error_line, run_script
 
 
 def clustered(nq=6, n=200, d=24, seed=0):
