@@ -101,7 +101,7 @@ def _kind(value):
     return f"a {type(value).__name__}"
 
 
-def check_float_tensors(path, state, keys):
+def check_float_tensors(path, state, keys, hint=WEIGHTS_URL_HINT):
     """Refuse (UserError naming the first key) entries that are not floating-point tensors: an
     integer, bool or complex tensor, a string or a list would otherwise be cast or crash on load."""
     bad = [k for k in keys if k in state and not (isinstance(state[k], torch.Tensor)
@@ -109,7 +109,7 @@ def check_float_tensors(path, state, keys):
     if bad:
         raise UserError(f"{path}: {bad[0]} is {_kind(state[bad[0]])}, not a floating-point tensor"
                         f"{f' ({len(bad)} such entries)' if len(bad) > 1 else ''}; the file is not a usable "
-                        f"checkpoint: {WEIGHTS_URL_HINT}")
+                        f"checkpoint: {hint}")
 
 
 def load_weights(model, weights, depth=None):

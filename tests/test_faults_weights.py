@@ -148,3 +148,22 @@ def test_int64_batch_counters_and_half_precision_weights_load(ws, tmp_path, tmp_
     done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", path, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (out / "log.txt").read_text().count("Retrieval results: mAP E: ") == 1
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("_conv_stem.weight", torch.ones(32, 3, 3, 3, dtype=torch.int64), "torch.int64 tensor"),
+    ("_blocks.3._bn1.weight", [1.0] * 144, "a list"),
+])
+def test_lite0_non_float_weights_are_refused_not_cast(ws, tmp_path, entry, key, value, kind):
+    """The EfficientNet-Lite0 loader applies the same check as the CVNet one, with its own hint."""
+    from model.efficientnet_lite import EfficientNetLite0
+
+    state = {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in EfficientNetLite0().state_dict().items()}
+    state[key] = value
+    path = tmp_path / "lite0.pth"
+    torch.save(state, path)
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(ws, out=out), "MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", path,
+                 cwd=tmp_path)
+    error_line(done, path, key, kind, "not a floating-point tensor", "TEST.WEIGHTS auto")
+    assert_nothing_written(out)
