@@ -5,7 +5,8 @@ a time, and print the mAP table.
 
 Each row is one `python test.py ...` run (printed before it runs, so it can be pasted); rows share
 the feature cache, so a row that only turns reranking on extracts nothing. The last row also writes
-pictures of the first queries (<out-dir>/pictures/demo/index.html).
+pictures of the first queries (<out-dir>/pictures/demo/index.html) and saves its features; then
+sweep.py sweeps the reranking's M, K and beta on them (<out-dir>/sweep/: CSV, JSON and plots).
 """
 
 import argparse
@@ -26,6 +27,8 @@ ROWS = [("baseline: GeM p=3, mean over scales", []),
         ("+ Scale-GeM (max over scales)", ["gemp", "rgem", "sgem"]),
         ("+ ReLU+ (head activation)", ["gemp", "rgem", "sgem", "relup"]),
         ("+ reranking (full SuperGlobal)", ["gemp", "rgem", "sgem", "relup", "rerank"])]
+# The sweep on the last row's features: the demo has 156 database images, so smaller M than the paper's.
+SWEEP_GRID = ["--M", "25,50,100", "--K", "1,3,5,9", "--beta", "0.05,0.15,0.3"]
 
 
 def parse_map(text):
@@ -42,6 +45,11 @@ def command(data_dir, out_dir, name, switches, extra=()):
             "TEST.DATA_DIR", str(data_dir), "TEST.DATASET_LIST", name, "OUT_DIR", str(out_dir),
             "TEST.NUM_WORKERS", "0", "TEST.BATCH_SIZE", "16",
             *[item for k, v in flags.items() for item in (f"SupG.{k}", str(v))], *extra]
+
+
+def sweep_command(data_dir, out_dir, name):
+    return [sys.executable, str(ROOT / "sweep.py"), "--features", str(out_dir / f"{name}.npz"),
+            "--gnd", str(data_dir / name / f"gnd_{name}.pkl"), *SWEEP_GRID, "--out-dir", str(out_dir / "sweep")]
 
 
 def format_table(rows):
@@ -63,7 +71,9 @@ def main():
     start, cpu_start = time.time(), os.times()
     results = []
     for i, (row, switches) in enumerate(ROWS):
-        extra = ["TEST.VIS_QUERIES", str(args.pictures)] if i == len(ROWS) - 1 and args.pictures else []
+        last = i == len(ROWS) - 1
+        extra = (["TEST.VIS_QUERIES", str(args.pictures)] if last and args.pictures else []) + \
+            (["TEST.SAVE_FEATURES", "True"] if last else [])
         line = command(data_dir, out_dir, args.name, switches, extra)
         print(f"[{i + 1}/{len(ROWS)}] {row}: python test.py {' '.join(line[2:])}", flush=True)
         before = log.stat().st_size if log.exists() else 0
@@ -76,6 +86,12 @@ def main():
             results.append((row, parse_map(handle.read())))
         print(f"      mAP E/M/H: {results[-1][1][0]:.2f} / {results[-1][1][1]:.2f} / {results[-1][1][2]:.2f}",
               flush=True)
+    sweep = sweep_command(data_dir, out_dir, args.name)
+    print(f"[sweep] reranking M, K, beta on the saved features: python sweep.py {' '.join(sweep[2:])}", flush=True)
+    done = subprocess.run(sweep, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        print(done.stdout[-3000:], file=sys.stderr)
+        return done.returncode
     cpu = os.times()
     cpu_s = cpu.children_user + cpu.children_system - cpu_start.children_user - cpu_start.children_system
     print(f"\nEfficientNet-Lite0 (ImageNet) on the '{args.name}' benchmark, mAP (%); "
@@ -83,6 +99,7 @@ def main():
     print(format_table(results))
     if args.pictures:
         print(f"\npictures: {out_dir / 'pictures' / args.name / 'index.html'}")
+    print(f"sweep of the reranking (table, CSV, JSON, plots): {out_dir / 'sweep'}")
     return 0
 
 
