@@ -166,10 +166,15 @@ def run_side(side, paths, weights, model, device, out, root, official_workers):
 
 
 def agreement(a, b):
-    """Cosine of each image's two descriptors, and how many images rank all others identically."""
+    """(lowest cosine of an image's two descriptors, how many images rank all others identically,
+    the largest similarity gap (under `a`) between two images that the rankings order differently:
+    a gap at float-rounding level means the rankings differ only on ties)."""
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    ranks_a, ranks_b = np.argsort(-(a @ a.T), axis=1, kind="stable"), np.argsort(-(b @ b.T), axis=1, kind="stable")
-    return float(cosine.min()), int((ranks_a == ranks_b).all(1).sum())
+    sim_a = a.astype(np.float64) @ a.T.astype(np.float64)
+    ranks_a, ranks_b = np.argsort(-sim_a, axis=1, kind="stable"), np.argsort(-(b @ b.T), axis=1, kind="stable")
+    rows = np.arange(len(a))[:, None]
+    gap = np.abs(sim_a[rows, ranks_a] - sim_a[rows, ranks_b]).max() if len(a) else 0.0
+    return float(cosine.min()), int((ranks_a == ranks_b).all(1).sum()), float(gap)
 
 
 def tree_of(rev, folder):
@@ -259,9 +264,10 @@ def main():
                       flush=True)
     rows = summarise(runs, sides)
     for row in rows[1:]:
-        cosine, same = agreement(features[sides[0]], features[row["side"]])
+        cosine, same, gap = agreement(features[sides[0]], features[row["side"]])
         row["min_cosine_to_" + sides[0]] = cosine
         row["same_ranking"] = f"{same}/{args.images}"
+        row["largest_swapped_gap"] = f"{gap:.1e}"
     print("\nmedians per side\n" + table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "summary": rows}, indent=1))

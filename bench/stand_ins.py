@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
+from test.synthetic import random_resnet, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES_DB = ROOT.parent / "shared" / "data" / "revisitop" / "roxford5k_sizes_db.txt"
@@ -43,30 +43,12 @@ def write_jpegs(folder, sizes, seed=0, quality=90):
 
 
 def calibrated_resnet_state(depth=50, seed=0):
-    """A random CVNet ResNet whose features still tell images apart: He-initialised convolutions and
-    BN statistics calibrated on noise (PyTorch's default init collapses every image to one
-    descriptor)."""
-    from model.resnet import ResNet
-
-    torch.manual_seed(seed)
-    model = ResNet(depth, 2048)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None
-                module.weight.fill_(0.5 if name.endswith("c_bn") else 1.0)
-                module.bias.uniform_(-0.05, 0.05)
-        model.head.pool.p.fill_(3.0)
-        model.train()
-        model(torch.randn(4, 3, 96, 128))
-    return model.eval().state_dict()
+    """A random CVNet ResNet whose features still tell images apart (test/synthetic.random_resnet:
+    He-initialised convolutions, BN statistics calibrated on noise)."""
+    return random_resnet(depth, seed).state_dict()
 
 
 def write_cvnet_checkpoint(path, depth=50, seed=0):
     """The random weights in CVNet's checkpoint layout, loadable with TEST.WEIGHTS <path>."""
-    state = {f"encoder_q.{k}": v for k, v in calibrated_resnet_state(depth, seed).items()}
-    torch.save({"model_state": state}, path)
+    write_checkpoint(path, depth=depth, seed=seed)
     return str(path)

@@ -63,6 +63,33 @@ def test_paper_command_line_end_to_end(workspace):
             assert saved[f"map{key}"] == pytest.approx(maps[key])
 
 
+PLAIN_SWITCHES = ["TEST.FOLD_BN", "off", "TEST.CHANNELS_LAST", "off", "TEST.UINT8_TRANSFER", "off",
+                  "TEST.BATCH_SIZE", "1", "TEST.NUM_WORKERS", "0"]
+
+
+def test_fast_defaults_give_the_plain_paths_ranks_and_maps(workspace, tmp_path):
+    """The paper's command line with every speed default (BN folded, channels-last, uint8 transfer)
+    against the plain modules, one image at a time: same ranks, same printed mAP, features equal
+    to float rounding."""
+    root, _ = workspace
+    line = f"MODEL.DEPTH 50 TEST.WEIGHTS {root / 'weights'} TEST.DATA_DIR {root / 'revisitop'} {PAPER_FLAGS}"
+    runs = {}
+    for name, extra in (("fast", []), ("plain", PLAIN_SWITCHES)):
+        out = tmp_path / name
+        done = run_test_py(*line.split(), "TEST.SAVE_FEATURES", "True", "SupG.M", "6", "SupG.K", "2",
+                           "TEST.CACHE", "False", "OUT_DIR", str(out), *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        results = [row for row in (out / "log.txt").read_text().splitlines() if row.startswith("Retrieval results")]
+        runs[name] = out, results
+    assert len(runs["fast"][1]) == 4 and runs["fast"][1] == runs["plain"][1]
+    for dataset in ("roxford5k", "rparis6k"):
+        fast, plain = (np.load(runs[name][0] / f"{dataset}.npz") for name in ("fast", "plain"))
+        for key in ("ranks_global", "ranks"):
+            np.testing.assert_array_equal(fast[key], plain[key])
+        for key in ("Q", "X"):
+            assert ((fast[key] * plain[key]).sum(1) >= 0.99999).all()
+
+
 def test_missing_weights_is_one_line_exit_2(workspace, tmp_path):
     root, _ = workspace
     done = run_test_py("TEST.WEIGHTS", str(tmp_path / "none"), "TEST.DATA_DIR", str(root / "revisitop"),
