@@ -66,9 +66,9 @@ def main():
 
     X_cpu = torch.from_numpy(cpu)
     Q_cpu = X_cpu[:4]
-    ranks_cpu = rerank(Q_cpu, X_cpu, rank_by_similarity(X_cpu, Q_cpu), M=20, K=3)
+    ranks_cpu = rerank(Q_cpu, X_cpu, rank_by_similarity(X_cpu, Q_cpu), M=20, K=3, columns_are_queries=True)
     X_dev, Q_dev = X_cpu.to(device), Q_cpu.to(device)
-    ranks_dev = rerank(Q_dev, X_dev, rank_by_similarity(X_dev, Q_dev), M=20, K=3).cpu()
+    ranks_dev = rerank(Q_dev, X_dev, rank_by_similarity(X_dev, Q_dev), M=20, K=3, columns_are_queries=True).cpu()
     check("rerank on the same features", torch.equal(ranks_cpu, ranks_dev),
           f"{int((ranks_cpu == ranks_dev).all(0).sum())}/{ranks_cpu.shape[1]} columns equal")
 
