@@ -168,8 +168,11 @@ def search_with_distractors(Q, X, distractors, keep, wanted, chunk_rows=None) ->
 class _Blocks:
     """Scores of row blocks, always through one (chunk_rows x D) @ (D x nq) float32 product."""
 
-    def __init__(self, Q, chunk_rows):
+    def __init__(self, Q, chunk_rows, staging=None):
         self.device = Q.device
+        # numpy blocks reach a device through a reused (pinned, on CUDA) host buffer; None = only off
+        # the CPU. staging=True runs that path on a CPU too (the test suite's way to execute it).
+        self.staging = self.device.type != "cpu" if staging is None else staging
         self.qt = Q.to(torch.float32).T                 # a fixed D x nq view, same for every block
         self.buf = torch.zeros(chunk_rows, Q.shape[1], dtype=torch.float32, device=self.device)
         self.out = torch.empty(chunk_rows, Q.shape[0], dtype=torch.float32, device=self.device)
@@ -181,7 +184,7 @@ class _Blocks:
         buf = self.buf
         if isinstance(matrix, torch.Tensor):
             buf[:rows].copy_(matrix[start:start + rows])
-        elif self.device.type == "cpu":
+        elif not self.staging:
             np.copyto(buf.numpy()[:rows], matrix[start:start + rows], casting="same_kind")
         else:
             if self.stage is None:

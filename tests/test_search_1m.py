@@ -190,3 +190,24 @@ def test_cuda_matches_full_argsort():
         assert_same_results(evaluate_from_search(res, protos), evaluate_revisitop(ranks.numpy(), protos))
         block = rerank_top(Q.to(dev), X.to(dev), matrix, res, M=50)
         assert torch.equal(block, rerank(Q, torch.cat([X, D]), ranks, M=50)[:50])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_host_staging_path_on_cpu_gives_the_direct_scores(dtype):
+    """The numpy -> device staging buffer (the CUDA path) switched on on a CPU: every block's scores,
+    the zeroed tail of a short last block included, equal the direct copy's bit for bit."""
+    from test.search_1m import _Blocks
+
+    rng = np.random.default_rng(3)
+    Q = torch.from_numpy(rng.standard_normal((5, 32)).astype(np.float32))
+    rows = rng.standard_normal((23, 32)).astype(dtype)
+    direct, staged = _Blocks(Q, 8), _Blocks(Q, 8, staging=True)
+    assert not direct.staging and staged.staging
+    for start in range(0, 23, 8):
+        count = min(8, 23 - start)
+        expected = rows[start:start + count].astype(np.float32) @ Q.numpy().T
+        got_direct = direct.scores(rows, start, count).clone()
+        got_staged = staged.scores(rows, start, count).clone()
+        assert torch.equal(got_direct, got_staged)
+        np.testing.assert_allclose(got_staged.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert staged.stage is not None and not staged.stage.is_pinned()
