@@ -22,6 +22,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (python {self.prog} --help lists the options)")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except an unset one (None): its help says where it comes from."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def one_line(text) -> str:
     """`text` on one line (messages quote file contents and library errors)."""
     return " ".join(str(text).split())

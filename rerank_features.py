@@ -12,7 +12,6 @@ the reranked top --topk of each method is written (.npy: topk x nq int64; .csv: 
 See docs/feature_rerank.md.
 """
 
-import argparse
 import csv
 import io
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from config import apply_aliases, get_cfg_defaults, load_cfg_from_args
-from errors import ArgumentParser, UserError, exit_code_of, typed_flags
+from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of, typed_flags
 from test.device import resolve_device
 from test.feature_files import load_features, load_ground_truth_lists, load_gldv2_checked
 from test.gnd import protocols
@@ -56,7 +55,7 @@ def parse_args(argv):
 
     defaults = get_cfg_defaults().SupG
     p = ArgumentParser(prog="rerank_features.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=DefaultsHelpFormatter,
                        epilog="Trailing KEY VALUE pairs set config keys (e.g. SupG.M 200); --cfg FILE reads a "
                               "config.yaml that test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, SupG.beta.")
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")

@@ -12,14 +12,13 @@ rerank_features.py run with that M, K and beta; --check-single proves it on your
 See docs/sweep.md.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from errors import ArgumentParser, UserError, exit_code_of
+from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of
 from test.writer import atomic_write, json_bytes, refuse_input, register_input
 from test.feature_files import load_features, load_ground_truth
 
@@ -30,7 +29,7 @@ def parse_args(argv):
     from test.sweep import parse_grid
 
     p = ArgumentParser(prog="sweep.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")
     p.add_argument("--query", help="query features (.npy / .npz), nq x D")
     p.add_argument("--db", help="database features (.npy / .npz), N x D")

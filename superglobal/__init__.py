@@ -4,7 +4,7 @@
     model = load_descriptor("weights/CVPR2022_CVNet_R50.pyth", depth=50)
     X = model.embed_images(["a.jpg", "b.jpg"])      # numpy (2, 2048), L2-normalised rows
 
-See README.md, "Python API".
+See README.md, "Installing and the Python API".
 """
 
 from superglobal._checkout import bind_project_modules

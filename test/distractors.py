@@ -32,7 +32,7 @@ import torch
 
 from errors import UserError
 
-EXTRACT_HINT = "extract them with `python extract_rop1m.py` (see the README, R1M distractors)"
+EXTRACT_HINT = "extract them with `python extract_rop1m.py` (see the README, +1M distractors)"
 OVERRIDE_KEY = "SupG.distractors_check False"
 SIDECAR_KEYS = ("fingerprint", "count", "dim", "failed")
 SCAN_BYTES = 32 * 2 ** 20          # rows per step of the NaN / Inf scan: about this many bytes

@@ -79,7 +79,7 @@ def read_image_list(root, list_name=LIST_NAME):
     list_path = root_path / list_name
     if not list_path.is_file():
         raise UserError(f"image list not found: {list_path}: download {list_name} into --data-dir "
-                        "(README: R1M distractors)")
+                        "(README: +1M distractors)")
     try:
         data = list_path.read_bytes()
         text = data.decode("utf-8")

@@ -104,3 +104,12 @@ def test_power_bounds_are_inclusive(key):
     for value in (low / 2, high + 0.5, 0, -1):
         with pytest.raises(UserError, match=key):
             parse(f"{key} {value}")
+
+
+def test_readme_config_reference_is_the_help_key_list():
+    """The README's key table is what `python test.py --help` prints, so it cannot go stale."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Config reference"):readme.index("## Installing and the Python API")]
+    assert "```\n" + config.describe_keys().rstrip("\n") + "\n```" in section
