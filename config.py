@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from errors import UserError
+from errors import UserError, is_utf8
 
 _C = CfgNode()
 cfg = _C
@@ -167,8 +167,16 @@ def _looks_like_key(token, known):
 
 
 def merge_from_args(config, args):
-    """Apply `KEY VALUE` pairs (a boolean key without a value means True) to `config`."""
+    """Apply `KEY VALUE` pairs (a boolean key without a value means True) to `config`, then check it."""
+    _apply_pairs(config, args)
+    validate(config)
+    return config
+
+
+def _apply_pairs(config, args) -> dict:
+    """Set the `KEY VALUE` pairs of `args` in `config` (unchecked); returns {key: value} as given."""
     known = _flat_keys(config)
+    given = {}
     i = 0
     while i < len(args):
         key = args[i]
@@ -181,9 +189,9 @@ def merge_from_args(config, args):
             raise UserError(f"missing value for {key}: expected {_expected(key, default)}")
         value = _parse_value(key, args[i + 1], default) if has_value else True
         _set(config, key, value)
+        given[key] = value
         i += 2 if has_value else 1
-    validate(config)
-    return config
+    return given
 
 
 def _set(config, key, value):
@@ -223,6 +231,9 @@ def _bad_value(flat, key, expected):
     return error
 
 
+RGEM_SIZE_MAX = 99
+
+
 def validate(config):
     """Check values that have a type but not a sensible range; raise UserError naming the key."""
     flat = _flat_keys(config)
@@ -240,8 +251,9 @@ def validate(config):
         ("SupG.beta", flat["SupG.beta"] >= 0, "a number >= 0"),
         ("SupG.gemp_p", low <= flat["SupG.gemp_p"] <= high, f"a number from {low} to {high}"),
         ("SupG.rgem_p", low <= flat["SupG.rgem_p"] <= high, f"a number from {low} to {high}"),
-        ("SupG.rgem_size", flat["SupG.rgem_size"] >= 1 and flat["SupG.rgem_size"] % 2 == 1,
-         "an odd integer >= 1"),
+        # the window pads the map by (size - 1) / 2 per side: far past any map's size it only costs memory
+        ("SupG.rgem_size", 1 <= flat["SupG.rgem_size"] <= RGEM_SIZE_MAX and flat["SupG.rgem_size"] % 2 == 1,
+         f"an odd integer from 1 to {RGEM_SIZE_MAX}"),
         ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
         ("MODEL.HEADS.REDUCTION_DIM", flat["MODEL.HEADS.REDUCTION_DIM"] >= 1, "an integer >= 1"),
         ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 0, "an integer >= 1, or 0 for auto"),
@@ -256,6 +268,11 @@ def validate(config):
     for key, ok, expected in checks:
         if not ok:
             raise _bad_value(flat, key, expected)
+    for key, value in flat.items():
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and not is_utf8(text) for text in texts):
+            raise UserError(f"bad value {value!r} for {key}: it holds bytes that are not UTF-8 (a file or "
+                            "folder name in another encoding); rename it")
 
 
 def describe_keys():
@@ -282,7 +299,8 @@ def _coerce_value(key, value, default):
     if isinstance(value, list):
         ok = ok and bool(value) and all(isinstance(v, str) for v in value)
     if not ok:
-        raise UserError(f"bad value {value!r} for {key}: expected {_expected(key, default)}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise UserError(f"bad value {shown} for {key}: expected {_expected(key, default)}")
     return float(value) if isinstance(default, float) else value
 
 
@@ -302,6 +320,20 @@ def _yaml_pairs(node, data, prefix=""):
             yield full, _coerce_value(full, value, node[name])
 
 
+class _AliasFound(Exception):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors and aliases: a config needs none, and a few lines of nested aliases
+    expand to gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasFound(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml_cfg(path, defaults):
     """A CfgNode of the keys set by the YAML file at `path`, each typed and checked like a command-line
     value. Only YAML is read, with yaml.safe_load: yacs' merge_from_file would execute a .py file."""
@@ -309,13 +341,16 @@ def _read_yaml_cfg(path, defaults):
         raise UserError(f"config file {path}: only YAML files (.yaml or .yml) are accepted; "
                         f"{path.suffix or 'a file without extension'} is refused (a .py config would run code)")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_NoAliasLoader)
     except OSError as error:
         raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise UserError(f"config file {path} is not UTF-8 text (byte {error.start})") from None
     except RecursionError:
         raise UserError(f"bad config file {path}: nested too deeply to be a config") from None
+    except _AliasFound as line:
+        raise UserError(f"bad config file {path}: line {line}: YAML aliases (*name) are not accepted in a "
+                        "config; write the value out") from None
     except yaml.YAMLError as error:
         first = " ".join(str(error).split())[:200] or type(error).__name__
         raise UserError(f"bad config file {path}: not valid YAML ({first})") from None
@@ -336,10 +371,21 @@ def _read_yaml_cfg(path, defaults):
     return override
 
 
-def load_cfg_from_args(args, description="SuperGlobal"):
-    """Defaults overridden by the command line; `--cfg FILE.yaml` merges a YAML file first."""
+def cfg_file_of(args):
+    """The `--cfg FILE` of a command line, or None."""
+    args = list(args)
+    return args[args.index("--cfg") + 1] if "--cfg" in args and args.index("--cfg") + 1 < len(args) else None
+
+
+def load_cfg_from_args(args, description="SuperGlobal", aliases=()):
+    """Defaults overridden by the command line; `--cfg FILE.yaml` merges a YAML file first.
+
+    `aliases`: an entry point's flags that stand for config keys, ``[(key, value or None, flag)]``;
+    a flag sets its key, and one that contradicts a value given for the key as KEY VALUE or in
+    --cfg stops the run. The result is checked once, with every source applied."""
     config = get_cfg_defaults()
     args = list(args)
+    path, from_file, given = None, {}, {}
     if "--cfg" in args:
         at = args.index("--cfg")
         if at + 1 >= len(args):
@@ -349,33 +395,24 @@ def load_cfg_from_args(args, description="SuperGlobal"):
         path = Path(args[at + 1])
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        from_file = _read_yaml_cfg(path, config)
-        config.merge_from_other_cfg(from_file)
+        override = _read_yaml_cfg(path, config)
+        config.merge_from_other_cfg(override)
+        from_file = _flat_keys(override)
         del args[at:at + 2]
-        try:
-            merge_from_args(config, args)
-        except UserError as error:  # a range check on a value that only the file set: name the file
-            key = getattr(error, "key", None)
-            if key in _flat_keys(from_file) and key not in args:
-                raise UserError(f"bad config file {path}: {error}") from None
-            raise
-    else:
-        merge_from_args(config, args)
-    config.freeze()
-    return config
-
-
-def apply_aliases(config, aliases):
-    """Command-line flags that stand for config keys: ``[(key, value or None, flag), ...]``. A flag
-    sets its key; one that contradicts a key also given as KEY VALUE (or in --cfg) stops the run."""
-    defaults = _flat_keys(get_cfg_defaults())
-    current = _flat_keys(config)
+    given = {**from_file, **_apply_pairs(config, args)}
     for key, value, flag in aliases:
         if value is None:
             continue
-        if current[key] != defaults[key] and current[key] != value:
-            raise UserError(f"{flag} {value} contradicts {current[key]!r}, given for it as {key.split('.')[-1]} in "
+        if key in given and given[key] != value:
+            raise UserError(f"{flag} {value} contradicts {given[key]!r}, given for it as {key.split('.')[-1]} in "
                             "--cfg or as a KEY VALUE pair: give it once")
         _set(config, key, value)
-    validate(config)
+    try:
+        validate(config)
+    except UserError as error:  # a range check on a value that only the file set: name the file
+        key = getattr(error, "key", None)
+        if path is not None and key in from_file and key not in args:
+            raise UserError(f"bad config file {path}: {error}") from None
+        raise
+    config.freeze()
     return config

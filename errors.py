@@ -7,8 +7,11 @@ may raise its error.
 """
 
 import argparse
+import os
 import re
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -27,6 +30,16 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding bytes that are not UTF-8: Python keeps such bytes of a command line or
+    file name as lone surrogates, which OpenCV crashes on and UTF-8 files cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def one_line(text) -> str:
@@ -48,10 +61,23 @@ def typed_flags(flag_keys: dict, argv) -> dict:
     return {key: flag for flag, key in flag_keys.items() if flag in typed}
 
 
+def quiet_interrupt_during_startup():
+    """Ctrl-C while an entry point is still importing (torch takes about a second) ends with one
+    line and exit code 130 instead of a traceback from inside an import; nothing has been written
+    yet. `exit_code_of` hands Ctrl-C back to Python once the work starts."""
+    def stop(_signum, _frame):
+        sys.stderr.write("interrupted: nothing was started\n")
+        sys.stderr.flush()
+        os._exit(130)
+    signal.signal(signal.SIGINT, stop)
+
+
 def exit_code_of(action, flag_names=None):
     """Run `action()` for a command-line entry point: 0 when it returns, 2 with the one-line message
     on stderr when it raises UserError (config keys worded as the entry point's `flag_names`), 130
     with one line on Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         action()
     except UserError as error:

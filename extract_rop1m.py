@@ -9,6 +9,11 @@ ones test.py computes for a database image with the same KEY VALUE settings. See
 docs/extract_rop1m.md and test/rop1m.py for the on-disk layout.
 """
 
+from errors import quiet_interrupt_during_startup
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
 import argparse
 import json
 import os
@@ -19,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from config import apply_aliases, describe_keys, load_cfg_from_args, scales_of
+from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
 from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from model.checkpoint import checkpoint_path
 from model.fingerprint import file_sha256
@@ -27,7 +32,8 @@ from test.build import build_descriptor, default_distractors_path, descriptor_fi
 from test.device import resolve_device
 from test.extract import autocast_context
 from test.runtime import options_from_cfg, tune_process
-from test.rop1m import (LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
+from test.writer import forget_inputs, refuse_input, register_input
+from test.rop1m import (IMAGE_DIR, LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
                         merge, parts_of_shard, read_image_list, require_some_images, run_identity,
                         sidecar_path)
 
@@ -76,15 +82,13 @@ def make_cfg(args, opts):
     stray = [o for o in opts if o.startswith("-") and o != "--cfg" and not o[1:2].isdigit() and o[1:2] != "."]
     if stray:
         raise UserError(f"unknown option {stray[0]} (python extract_rop1m.py --help lists them)")
-    cfg = load_cfg_from_args(opts, description="extract_rop1m")
-    cfg.defrost()
-    apply_aliases(cfg, [("MODEL.DEPTH", args.depth, "--depth"), ("TEST.WEIGHTS", args.weight, "--weight"),
-                        ("TEST.BATCH_SIZE", args.batch_size, "--batch-size"),
-                        ("TEST.NUM_WORKERS", args.num_workers, "--num-workers"), ("DEVICE", args.device, "--device")])
+    cfg = load_cfg_from_args(opts, description="extract_rop1m", aliases=[
+        ("MODEL.DEPTH", args.depth, "--depth"), ("TEST.WEIGHTS", args.weight, "--weight"),
+        ("TEST.BATCH_SIZE", args.batch_size, "--batch-size"), ("TEST.NUM_WORKERS", args.num_workers, "--num-workers"),
+        ("DEVICE", args.device, "--device")])
     if cfg.TEST.DESCRIPTOR != "superglobal" or cfg.MODEL.TYPE != "RESNET":
         raise UserError("extract_rop1m.py computes SuperGlobal descriptors on the CVNet ResNet only: "
                         "leave TEST.DESCRIPTOR and MODEL.TYPE at their defaults")
-    cfg.freeze()
     return cfg
 
 
@@ -150,6 +154,19 @@ def refuse_foreign_output(output, identity):
     raise UserError(f"{output} exists {why}; delete it and {sidecar.name} or choose another --output")
 
 
+def refuse_output_over_inputs(output, args, opts, image_list, weights):
+    """--output, its sidecar and its parts folder must not be (or lie in) what this run reads: the
+    image list, the images, the weights or the --cfg file."""
+    forget_inputs()  # main() may run several times in one process (tests)
+    register_input(Path(image_list.root) / LIST_NAME, "the image list in --data-dir")
+    register_input(Path(image_list.root) / IMAGE_DIR, "the images in --data-dir")
+    register_input(weights, "TEST.WEIGHTS")
+    if cfg_file_of(opts):
+        register_input(cfg_file_of(opts), "--cfg")
+    for path in (output, sidecar_path(output), output.with_name(output.name + ".parts") / "run.json"):
+        refuse_input(path)
+
+
 def run(args, opts):
     started = time.time()
     cfg = make_cfg(args, opts)
@@ -169,6 +186,7 @@ def run(args, opts):
     output = Path(args.output or default_distractors_path(cfg))
     if output.is_dir():
         raise UserError(f"--output {output} is a directory: give a file name")
+    refuse_output_over_inputs(output, args, opts, image_list, weights)
 
     done_sidecar = completed_sidecar(output, identity)
     if done_sidecar is not None:

@@ -12,6 +12,11 @@ the reranked top --topk of each method is written (.npy: topk x nq int64; .csv: 
 See docs/feature_rerank.md.
 """
 
+from errors import quiet_interrupt_during_startup
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
 import csv
 import io
 import sys
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import apply_aliases, get_cfg_defaults, load_cfg_from_args
+from config import get_cfg_defaults, load_cfg_from_args
 from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of, typed_flags
 from test.device import resolve_device
 from test.feature_files import load_features, load_ground_truth_lists, load_gldv2_checked
@@ -44,9 +49,8 @@ def take_reranking_config(args, opts):
     stray = [o for o in opts if o.startswith("-")]
     if stray:
         raise UserError(f"unrecognized arguments: {stray[0]} (python rerank_features.py --help lists the options)")
-    cfg = load_cfg_from_args((["--cfg", args.cfg] if args.cfg else []) + opts)
-    cfg.defrost()
-    apply_aliases(cfg, [("SupG.M", args.M, "--M"), ("SupG.K", args.K, "--K"), ("SupG.beta", args.beta, "--beta")])
+    cfg = load_cfg_from_args((["--cfg", args.cfg] if args.cfg else []) + opts, aliases=[
+        ("SupG.M", args.M, "--M"), ("SupG.K", args.K, "--K"), ("SupG.beta", args.beta, "--beta")])
     args.M, args.K, args.beta = cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta
 
 

@@ -12,6 +12,13 @@ rerank_features.py run with that M, K and beta; --check-single proves it on your
 See docs/sweep.md.
 """
 
+from errors import quiet_interrupt_during_startup
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
+import importlib.util
+import stat
 import sys
 import time
 from pathlib import Path
@@ -19,10 +26,11 @@ from pathlib import Path
 import torch
 
 from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of
-from test.writer import atomic_write, json_bytes, refuse_input, register_input
+from test.writer import atomic_write, json_bytes, refuse_input, register_input, temp_name
 from test.feature_files import load_features, load_ground_truth
 
 OUTPUTS = ("sweep.csv", "sweep.json")
+PLOTS = tuple(f"mAP_vs_{p}.png" for p in ("M", "K", "beta")) + ("heatmap_K_beta.png",)  # test/plots.py
 
 
 def parse_args(argv):
@@ -56,19 +64,48 @@ def parse_args(argv):
     return args
 
 
+def plots_wanted(args):
+    """The PNGs will be written: not --no-plots, and matplotlib is installed."""
+    if args.no_plots:
+        return False
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or blocked install: run() says plots need matplotlib
+        return False
+
+
 def check_outputs(args):
-    """Every input is registered and no output would land on one; the output folder is writable."""
+    """Before any work: every input is registered and no output would land on one; the output folder
+    can be created and written, and no output name is taken by a directory (the rename would fail
+    after the earlier outputs were written, leaving a partial set)."""
     out_dir = Path(args.out_dir)
     for flag in ("features", "query", "db", "ranks", "gnd", "images"):
         if getattr(args, flag):
             register_input(getattr(args, flag), "--" + flag)
-    names = OUTPUTS + tuple(f"mAP_vs_{p}.png" for p in ("M", "K", "beta")) + ("heatmap_K_beta.png",)
-    for name in names:
+    for name in OUTPUTS + PLOTS:
         refuse_input(out_dir / name)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create --out-dir {out_dir}: {error.strerror}") from None
+    probe = temp_name(out_dir / OUTPUTS[0])  # a real file, not os.access: root ignores permission bits
+    try:
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write into --out-dir {out_dir}: {error.strerror}; choose a writable --out-dir") from None
+    for name in OUTPUTS + (PLOTS if plots_wanted(args) else ()):
+        path = out_dir / name
+        try:
+            taken = stat.S_ISDIR(path.lstat().st_mode)  # a symbolic link is replaced, not followed
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise UserError(f"cannot write {path} (--out-dir): {error.strerror}") from None
+        if taken:
+            raise UserError(f"cannot write {path} (--out-dir): it is a directory; remove or rename it, or choose "
+                            "another --out-dir")
     return out_dir
 
 

@@ -6,11 +6,16 @@
 `python test.py --help` lists every config key with its default.
 """
 
+from errors import quiet_interrupt_during_startup
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
 import sys
 import time
 from pathlib import Path
 
-from config import describe_keys, load_cfg_from_args, scales_of
+from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
 from errors import UserError, exit_code_of, one_line
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
 from test.datasets import open_datasets
@@ -19,11 +24,11 @@ from test.distractors import load_distractors
 from test.extract import autocast_context
 from test.feature_cache import FeatureCache
 from test.pipeline import build_extractor, evaluate_dataset
-from test.provenance import (append_result, config_lines, header_lines, new_run_id, result_record, run_header,
-                             write_config)
+from test.provenance import (append_result, config_lines, config_unchanged, header_lines, new_run_id, result_record,
+                             run_header, write_config)
 from test.run_log import RunLog
 from test.runtime import tune_process
-from test.writer import OutDirLock, forget_inputs, refuse_output_folder, register_input
+from test.writer import OutDirLock, forget_inputs, input_named, refuse_input, refuse_output_folder, register_input
 
 USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
 
@@ -80,6 +85,20 @@ def open_distractors(cfg, fingerprint):
     return distractors, info.describe()
 
 
+def refuse_outputs_over_inputs(cfg, datasets, argv):
+    """Before any work: no file this run writes in OUT_DIR may be one it reads (a weights file or a
+    ground truth named log.txt, results.json or <dataset>.npz there, or the --cfg file, unless
+    config.yaml would stay byte for byte as it is)."""
+    if cfg_file_of(argv):
+        register_input(cfg_file_of(argv), "--cfg")
+    out_dir = Path(cfg.OUT_DIR)
+    outputs = ["log.txt", "results.json"] + ([] if config_unchanged(out_dir, cfg) else ["config.yaml"])
+    if cfg.TEST.SAVE_FEATURES:
+        outputs += [f"{dataset.output_name}.npz" for dataset in datasets]
+    for name in outputs:
+        refuse_input(out_dir / name)
+
+
 def run(cfg, argv, log):
     """Check every input, then write the header and evaluate each dataset. Whatever is wrong with
     the inputs stops the run before the header."""
@@ -94,6 +113,7 @@ def run(cfg, argv, log):
     register_input(weights, "TEST.WEIGHTS")
     fingerprint = descriptor_fingerprint(cfg, weights)
     distractors, described = open_distractors(cfg, fingerprint) if cfg.SupG.onemeval else (None, None)
+    refuse_outputs_over_inputs(cfg, datasets, argv)
     header = run_header(new_run_id(), argv, device, weights)
     log.write(f"==== {header['started']} {header['command']}", config_summary(cfg, device) + f" weights={weights}",
               *header_lines(header))
@@ -118,8 +138,9 @@ def run_logged(cfg, argv):
         try:
             run(cfg, argv, log)
         except UserError as error:
-            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)} -> "
-                      f"error: {one_line(error)}", echo=False)
+            if input_named(log.path) is None:  # log.txt itself may be the input that stopped the run
+                log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)} -> "
+                          f"error: {one_line(error)}", echo=False)
             raise
 
 

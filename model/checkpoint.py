@@ -97,17 +97,25 @@ def _mismatch_message(path, model, state, missing, misshaped):
 def _kind(value):
     """What a checkpoint entry is, for a message: `a torch.int64 tensor`, `a str`."""
     if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor"
+        if value.layout != torch.strided:
+            return f"a {value.layout} tensor"
+        return "a meta tensor (no data)" if value.is_meta else f"a {value.dtype} tensor"
     return f"a {type(value).__name__}"
+
+
+def _dense_float(value):
+    """A plain (strided, with data) floating-point tensor: what a weight must be."""
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+            and value.is_floating_point())
 
 
 def check_float_tensors(path, state, keys, hint=WEIGHTS_URL_HINT):
     """Refuse (UserError naming the first key) entries that are not floating-point tensors: an
-    integer, bool or complex tensor, a string or a list would otherwise be cast or crash on load."""
-    bad = [k for k in keys if k in state and not (isinstance(state[k], torch.Tensor)
-                                                  and state[k].is_floating_point())]
+    integer, bool or complex tensor, a sparse or meta tensor, a string or a list would otherwise be
+    cast or crash on load."""
+    bad = [k for k in keys if k in state and not _dense_float(state[k])]
     if bad:
-        raise UserError(f"{path}: {bad[0]} is {_kind(state[bad[0]])}, not a floating-point tensor"
+        raise UserError(f"{path}: {bad[0]} is {_kind(state[bad[0]])}, not a plain floating-point tensor"
                         f"{f' ({len(bad)} such entries)' if len(bad) > 1 else ''}; the file is not a usable "
                         f"checkpoint: {hint}")
 

@@ -38,11 +38,11 @@ import os
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from errors import UserError
 from test.gnd import Gnd
+from test.images import read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 GT_NAMES = ("gt.csv", "gt.json", "ground_truth.csv", "ground_truth.json")
@@ -50,10 +50,14 @@ LIST_KEYS = ("relevant", "junk", "hard")
 
 
 def find_gt_file(folder) -> Path:
-    """The ground-truth file in ``folder`` when none is named: the first of GT_NAMES present."""
-    for name in GT_NAMES:
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
+    """The ground-truth file in ``folder`` when none is named: the one of GT_NAMES present. Two or
+    more present is a UserError (which one is meant is not ours to guess)."""
+    found = [Path(folder) / name for name in GT_NAMES if (Path(folder) / name).is_file()]
+    if len(found) > 1:
+        raise UserError(f"several ground-truth files in {folder}: {', '.join(str(p) for p in found)}: keep one, "
+                        f"or name it with custom:{folder}::<file>")
+    if found:
+        return found[0]
     raise UserError(f"no ground-truth file in {folder}: expected one of {', '.join(GT_NAMES)} "
                     "(see docs/custom_data.md)")
 
@@ -182,8 +186,9 @@ class _Names:
 def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
     """Load ``folder`` + its ground truth (CSV or JSON, see the module docstring) as a ``Gnd``.
 
-    ``gt_file`` defaults to the first of gt.csv, gt.json, ground_truth.csv, ground_truth.json in
-    the folder. ``name`` (the dataset name used in logs and saved files) defaults to the folder name.
+    ``gt_file`` defaults to the one of gt.csv, gt.json, ground_truth.csv, ground_truth.json in the
+    folder (two or more of them there is a UserError: name the file). ``name`` (the dataset name used
+    in logs and saved files) defaults to the folder name.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -239,9 +244,7 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
             lists["junk"].append(own)
         box = _parse_box(q["bbox"], q["where"])
         if box is None:
-            image = cv2.imread(str(folder / q["query"]))
-            if image is None:
-                raise UserError(f"{q['where']}: cannot read query image {folder / q['query']}")
+            image = read_image(folder / q["query"])  # the loader's reader: its checks and messages
             box = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
         gnd.append({"bbx": box, "easy": np.asarray(lists["relevant"], dtype=np.int64),
                     "hard": np.asarray(lists["hard"], dtype=np.int64),

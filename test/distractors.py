@@ -11,9 +11,10 @@ Accepted files (the format is recognised from the file's first bytes, not its na
   must match the file's size); the fingerprint is
   compared with the current descriptor's (``model.fingerprint``) so features of another model or
   configuration are not mixed with the database's;
-* a float16 / float32 ``.npy`` (``np.save``), opened with ``np.load(mmap_mode='r')``.
+* a float16 / float32 / float64 ``.npy`` (``np.save``), opened with ``np.load(mmap_mode='r')``.
 
-Checks: the file exists and is non-empty, holds a 2-D floating-point matrix with at least one row,
+Checks: the file exists and is non-empty, holds a dense 2-D float16 / bfloat16 / float32 / float64
+matrix (not float128, not a sparse tensor) with at least one row,
 its dimension matches the database's, and it has no NaN / Inf (scanned chunk by chunk, so no
 second copy is made). Rows of zeros (R1M images that failed to decode) are allowed and counted.
 Every failure is a one-line :class:`errors.UserError` naming the file and the fix.
@@ -37,6 +38,7 @@ OVERRIDE_KEY = "SupG.distractors_check False"
 SIDECAR_KEYS = ("fingerprint", "count", "dim", "failed")
 SCAN_BYTES = 32 * 2 ** 20          # rows per step of the NaN / Inf scan: about this many bytes
 _FLOAT_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_NUMPY = ("float16", "float32", "float64")   # not float128 / longdouble: torch has no such type
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -218,9 +220,13 @@ def _refuse_npz(path: Path):
 
 def _validate_matrix(matrix, path: Path, dim):
     if isinstance(matrix, torch.Tensor):
+        if matrix.layout != torch.strided:  # sparse COO / CSR ...: no row slicing, no dense search
+            raise UserError(f"distractor features {path} are a {str(matrix.layout).replace('torch.', '')} "
+                            f"tensor, not a dense N x D matrix; save it dense (torch.save(t.to_dense(), ...)); "
+                            f"{EXTRACT_HINT}")
         is_float, dtype = matrix.dtype in _FLOAT_TORCH, str(matrix.dtype).replace("torch.", "")
     elif isinstance(matrix, np.ndarray):
-        is_float, dtype = matrix.dtype.kind == "f" and matrix.dtype.itemsize >= 2, str(matrix.dtype)
+        is_float, dtype = matrix.dtype.name in _FLOAT_NUMPY, str(matrix.dtype)
     else:
         kind = type(matrix).__name__
         if isinstance(matrix, dict):
@@ -229,7 +235,10 @@ def _validate_matrix(matrix, path: Path, dim):
     if matrix.ndim != 2:
         raise UserError(f"distractor features {path} have shape {tuple(matrix.shape)}, not N x D; {EXTRACT_HINT}")
     if not is_float:
-        raise UserError(f"distractor features {path} have dtype {dtype}, not a float type; {EXTRACT_HINT}")
+        allowed = ", ".join(_FLOAT_NUMPY if isinstance(matrix, np.ndarray)
+                            else (str(t).replace("torch.", "") for t in _FLOAT_TORCH))
+        raise UserError(f"distractor features {path} have dtype {dtype}, not one of {allowed}: save them as "
+                        f"float32 or float16; {EXTRACT_HINT}")
     count, found_dim = (int(s) for s in matrix.shape)
     if count == 0 or found_dim == 0:
         raise UserError(f"distractor features {path} are empty (shape {count} x {found_dim}); {EXTRACT_HINT}")

@@ -9,8 +9,11 @@ Layout (as the GLDv2 download scripts unpack it)::
 
 Without index.csv / test.csv the ids are the image files found under index/ and test/, sorted.
 Solution rows: ``id`` (a test image), ``images`` (space-separated relevant index ids), ``Usage``
-(``Public``, ``Private`` or ``Ignored``). Queries are the test ids with Usage Public or Private, in
-the order of the test list; ``Ignored`` ones (and test ids absent from the solution) are left out.
+(``Public``, ``Private`` or ``Ignored``, exactly, surrounding spaces allowed; any other value, such
+as ``private``, is refused). Queries are the test ids with Usage Public or Private, in the order of
+the test list; ``Ignored`` ones (and test ids absent from the solution) are left out. An id listed
+twice (in the solution, index.csv, test.csv, or as two image files) is refused: the last row would
+silently win, or the image would count twice.
 
 Metric (the challenge's, as in the DELF repo's ``MeanAveragePrecision``): for a query with
 relevant set R and predictions p_1..p_100 (duplicates skipped, but they still take a position)
@@ -42,6 +45,7 @@ from test.images import read_image, to_chw
 
 SOLUTION_NAME = "retrieval_solution_v2.1.csv"
 USAGES = ("Public", "Private")
+ALL_USAGES = USAGES + ("Ignored",)
 MIN_SIDE = 96
 MAX_PREDICTIONS = 100
 
@@ -54,6 +58,11 @@ def image_path(root, split, image_id) -> Path:
 def read_csv_rows(path, required, example) -> list[dict]:
     """The rows of a GLDv2 CSV as dicts, after checking the whole file: UTF-8 text, a header with the
     `required` columns, every row as long as the header. UserError naming the file (and the line)."""
+    return [row for _, row in read_csv_lines(path, required, example)]
+
+
+def read_csv_lines(path, required, example) -> list[tuple[int, dict]]:
+    """``read_csv_rows`` with the line number (of the row's last line) before each row."""
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")  # decoded whole: the byte offset is the file's
     except UnicodeDecodeError as error:
@@ -76,7 +85,7 @@ def read_csv_rows(path, required, example) -> list[dict]:
             if len(fields) != len(header):
                 raise UserError(f"{path} line {reader.line_num}: {len(fields)} fields but the header has "
                                 f"{len(header)} ({','.join(header)}); quote fields that contain commas")
-            rows.append(dict(zip(header, fields)))
+            rows.append((reader.line_num, dict(zip(header, fields))))
     except csv.Error as error:  # e.g. a field over csv.field_size_limit()
         raise UserError(f"{path} line {reader.line_num} is not readable CSV ({error})") from None
     return rows
@@ -86,7 +95,16 @@ def read_ids(root, split) -> list[str]:
     """Ids of a split: the 'id' column of <root>/<split>.csv, else the .jpg files under <root>/<split>/."""
     listing = Path(root) / f"{split}.csv"
     if listing.is_file():
-        ids = [row["id"].strip() for row in read_csv_rows(listing, ["id"], "id[,...]") if row["id"].strip()]
+        ids, line_of = [], {}
+        for line, row in read_csv_lines(listing, ["id"], "id[,...]"):
+            image_id = row["id"].strip()
+            if not image_id:
+                continue
+            if image_id in line_of:
+                raise UserError(f"{listing} line {line}: id {image_id} is listed twice (also line "
+                                f"{line_of[image_id]}): list each image once")
+            line_of[image_id] = line
+            ids.append(image_id)
         if not ids:
             raise UserError(f"{listing} lists no ids: fill its 'id' column or remove it to use the images found "
                             f"under {Path(root) / split}/")
@@ -94,7 +112,13 @@ def read_ids(root, split) -> list[str]:
     folder = Path(root) / split
     if not folder.is_dir():
         raise UserError(f"GLDv2 {split} images not found: neither {listing} nor {folder}/ exists")
-    return sorted(p.stem for p in folder.rglob("*.jpg"))
+    found = {}
+    for path in sorted(folder.rglob("*.jpg")):
+        if path.stem in found:
+            raise UserError(f"GLDv2 {split} image id {path.stem} has two files, {found[path.stem]} and {path}: "
+                            f"keep the one at {image_path(root, split, path.stem)}")
+        found[path.stem] = path
+    return sorted(found)
 
 
 def read_solution(path) -> dict[str, tuple[list[str], str]]:
@@ -102,13 +126,20 @@ def read_solution(path) -> dict[str, tuple[list[str], str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"GLDv2 solution file not found: {path}")
-    solution = {}
-    for row in read_csv_rows(path, ["id", "images", "Usage"], "id,images,Usage"):
-        usage = row["Usage"].strip()
+    solution, line_of = {}, {}
+    for line, row in read_csv_lines(path, ["id", "images", "Usage"], "id,images,Usage"):
+        test_id, usage = row["id"].strip(), row["Usage"].strip()
+        if usage not in ALL_USAGES:
+            raise UserError(f"{path} line {line}: id {test_id} has Usage {row['Usage']!r}: expected exactly "
+                            f"Public, Private or Ignored (case matters)")
+        if test_id in line_of:
+            raise UserError(f"{path} line {line}: test id {test_id} is listed twice (also line "
+                            f"{line_of[test_id]}): keep one row per test id")
+        line_of[test_id] = line
         images = [] if row["images"].strip() in ("", "None") else row["images"].split()
         if usage in USAGES and not images:
-            raise UserError(f"{path}: {usage} query {row['id']} has no relevant images")
-        solution[row["id"].strip()] = (images, usage)
+            raise UserError(f"{path}: {usage} query {test_id} has no relevant images")
+        solution[test_id] = (images, usage)
     return solution
 
 
@@ -183,7 +214,10 @@ def evaluate_gldv2(ranks, gld: GLDv2, k=MAX_PREDICTIONS) -> dict:
 
 
 def format_gldv2(results, k=MAX_PREDICTIONS) -> str:
-    values = ", ".join(f"{name} {results[name] * 100:.2f}" for name in ("Public", "Private", "All"))
+    """``GLDv2 retrieval mAP@100: Public 12.34, Private 13.45, All 12.90``; a split without queries
+    (its mean is NaN) reads ``n/a (no queries)``, never ``nan``."""
+    values = ", ".join(f"{name} {results[name] * 100:.2f}" if np.isfinite(results[name])
+                       else f"{name} n/a (no queries)" for name in ("Public", "Private", "All"))
     return f"GLDv2 retrieval mAP@{k}: {values}"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import UserError
+from errors import UserError, is_utf8
 from model.registry import CVNET_INPUT, InputNorm
 
 # BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
@@ -41,6 +41,9 @@ def jpeg_truncated(path: str | os.PathLike) -> bool:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """``cv2.imread(path)``: HxWx3 uint8 BGR. UserError naming the path if it cannot be read."""
     path = os.fspath(path)
+    if not is_utf8(path):  # OpenCV crashes (segmentation fault) on such a name
+        raise UserError(f"cannot read image {path!r}: its name is not valid UTF-8, which OpenCV cannot open; "
+                        "rename the file or folder")
     if not os.path.exists(path):
         raise UserError(f"cannot read image {path}: file does not exist; check the dataset directory")
     if not os.path.isfile(path):
@@ -64,6 +67,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def require_images(paths: Sequence[str | os.PathLike], what: str) -> None:
     """Stop before any work when images are missing, naming how many and the first one."""
+    foreign = [os.fspath(p) for p in paths if not is_utf8(os.fspath(p))]
+    if foreign:
+        raise UserError(f"{len(foreign)} of {len(paths)} {what} images have names that are not valid UTF-8, "
+                        f"which OpenCV cannot open, first {foreign[0]!r}: rename them")
     missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
     if missing:
         raise UserError(f"{len(missing)} of {len(paths)} {what} images are missing, first {missing[0]}: "

@@ -76,9 +76,21 @@ def config_lines(cfg) -> list[str]:
     return ["full config:"] + ["  " + line for line in cfg.dump().rstrip().splitlines()]
 
 
+def config_unchanged(out_dir, cfg) -> bool:
+    """<OUT_DIR>/config.yaml already holds exactly this config (e.g. it was given back with --cfg)."""
+    try:
+        return (Path(out_dir) / "config.yaml").read_text() == cfg.dump()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_config(out_dir, cfg) -> Path:
-    """<OUT_DIR>/config.yaml: the merged config, loadable with `python test.py --cfg`."""
-    return atomic_write(Path(out_dir) / "config.yaml", cfg.dump(), " (OUT_DIR)")
+    """<OUT_DIR>/config.yaml: the merged config, loadable with `python test.py --cfg`. Left as it is
+    when it already holds this config (the --cfg file of a rerun is then not rewritten)."""
+    path = Path(out_dir) / "config.yaml"
+    if config_unchanged(out_dir, cfg):
+        return path
+    return atomic_write(path, cfg.dump(), " (OUT_DIR)")
 
 
 class Timings:

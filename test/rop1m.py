@@ -72,7 +72,8 @@ class ImageList:
 
 def read_image_list(root, list_name=LIST_NAME):
     """ROOT/revisitop1m.txt: one image path per line (blank lines skipped), relative to ROOT/jpg/
-    or to ROOT. UserError for a missing ROOT or list, an unreadable or empty list."""
+    or to ROOT; a leading UTF-8 byte-order mark is dropped (the sha256 stays that of the file's
+    bytes). UserError for a missing ROOT or list, an unreadable or empty list."""
     root_path = Path(root)
     if not root_path.is_dir():
         raise UserError(f"data directory not found: {root} (--data-dir): it must hold {list_name} and {IMAGE_DIR}/")
@@ -82,7 +83,7 @@ def read_image_list(root, list_name=LIST_NAME):
                         "(README: +1M distractors)")
     try:
         data = list_path.read_bytes()
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a list saved with a BOM: not part of the first path
     except OSError as error:
         raise UserError(f"cannot read {list_path}: {error.strerror}") from None
     except UnicodeDecodeError as error:

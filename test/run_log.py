@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from errors import UserError
+from test.writer import input_named
 
 
 class RunLog:
@@ -22,8 +23,13 @@ class RunLog:
         if echo:
             for line in lines:
                 print(line, flush=True)
+        what = input_named(self.path)
+        if what is not None:  # a file this run reads, named log.txt in OUT_DIR, is never appended to
+            raise UserError(f"refusing to write {self.path}: it is an input of this run ({what}); choose "
+                            f"another {self.flag}")
         try:
-            with open(self.path, "a") as handle:
+            # backslashreplace: a command line or path holding non-UTF-8 bytes is logged, not a crash
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as handle:
                 handle.write("".join(line + "\n" for line in lines))
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from errors import UserError
+from test.images import read_image
 
 TILE = 160
 CAPTION = 20
@@ -62,10 +63,7 @@ def fit(image, size=TILE):
 
 
 def _read(path):
-    image = cv2.imread(str(path))
-    if image is None:
-        raise UserError(f"cannot read image {path} for the pictures")
-    return image
+    return read_image(path)  # the loader's reader: the same checks and messages
 
 
 def _text(canvas, text, x, y, colour=(0, 0, 0), scale=0.42):

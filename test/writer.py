@@ -52,14 +52,19 @@ def forget_inputs() -> None:
     _input_folders.clear()
 
 
+def input_named(path) -> str | None:
+    """What `path` is as an input of this run (e.g. "TEST.WEIGHTS"), or None."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _input_files.get((stat.st_dev, stat.st_ino))
+
+
 def refuse_input(path) -> None:
     """UserError when `path` is, or would land inside, an input of this run."""
     path = Path(path)
-    try:
-        stat = path.stat()
-        what = _input_files.get((stat.st_dev, stat.st_ino))
-    except OSError:
-        what = None
+    what = input_named(path)
     if what is not None:
         raise UserError(f"refusing to write {path}: it is an input of this run ({what}); choose another "
                         "output name")

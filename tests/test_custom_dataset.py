@@ -115,8 +115,9 @@ def test_rerank_features_with_custom_gnd(tmp_path):
     (tmp_path / "gt.csv").write_text(CSV)
     ranks = np.array([[1, 2, 3, 0, 4], [0, 4, 1, 2, 3]]).T
     rng = np.random.default_rng(1)
-    np.save(tmp_path / "Q.npy", rng.random((2, 4), dtype=np.float32))
-    np.save(tmp_path / "X.npy", rng.random((5, 4), dtype=np.float32))
+    for name, rows in (("Q", 2), ("X", 5)):  # unit rows: rerank_features.py refuses others
+        v = rng.random((rows, 4), dtype=np.float32)
+        np.save(tmp_path / f"{name}.npy", v / np.linalg.norm(v, axis=1, keepdims=True))
     np.save(tmp_path / "R.npy", ranks)
     done = subprocess.run([sys.executable, str(ROOT / "rerank_features.py"), "--query", "Q.npy", "--db", "X.npy",
                            "--ranks", "R.npy", "--methods", "none", "--gnd", "gt.csv", "--images", "."],

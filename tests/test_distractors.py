@@ -132,6 +132,7 @@ def test_missing_and_empty_files_are_refused(tmp_path):
     (torch.zeros(3, 4, 5), "shape"),
     (torch.zeros(10, 4, dtype=torch.int64), "dtype"),
     ({"feats": torch.zeros(3, 4)}, "dict"),
+    (torch.eye(10, 4).to_sparse(), "sparse_coo tensor, not a dense"),
 ])
 def test_not_a_float_matrix_is_refused(tmp_path, obj, match):
     path = tmp_path / "x.pth"

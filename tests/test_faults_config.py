@@ -26,6 +26,12 @@ CASES = [
     ("missing_value", ["SupG.M"], ["missing value for SupG.M"]),
     ("device_tpu", ["DEVICE", "tpu"], ["bad value 'tpu' for DEVICE", "auto, cpu, cuda or cuda:N"]),
     ("device_index_128", ["DEVICE", "cuda:128"], ["bad value 'cuda:128' for DEVICE", "N from 0 to 127"]),
+    # a window far beyond any feature map only pads it: 99999 tried to allocate 80 TB
+    ("rgem_size_huge", ["SupG.rgem_size", "99999"], ["SupG.rgem_size", "an odd integer from 1 to 99"]),
+    ("rgem_size_even", ["SupG.rgem_size", "4"], ["SupG.rgem_size", "an odd integer"]),
+    # bytes that are not UTF-8 (latin-1 'é') reach Python as a lone surrogate: OpenCV would crash on it
+    ("cache_dir_latin1", ["TEST.CACHE_DIR", "caf\udce9"], ["for TEST.CACHE_DIR", "not UTF-8", "rename it"]),
+    ("data_dir_latin1", ["TEST.DATA_DIR", "/data/caf\udce9"], ["for TEST.DATA_DIR", "not UTF-8"]),
 ]
 
 
@@ -38,7 +44,13 @@ def test_bad_config_value_stops_with_one_line(tmp_path, entry, case, argv, fragm
 
 
 # (file name, text, fragments of the error): every shape a YAML file can take that is not a config
+LAUGHS = "SupG:\n  K: [&x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol], " + ", ".join(
+    f"&x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]" for i in range(1, 10)) + "]\n"  # 9^10 strings
 BAD_FILES = [
+    ("yaml_alias", "bad.yaml", "SupG:\n  M: &m 300\n  K: *m\n", ["bad config file", "line 3: YAML aliases"]),
+    ("billion_laughs", "bad.yaml", LAUGHS, ["bad config file", "YAML aliases"]),
+    ("huge_wrong_value", "bad.yaml", "SupG:\n  K: [" + ", ".join(["123456789"] * 20000) + "]\n",
+     ["bad value [123456789, ", "...", "for SupG.K"]),
     ("unknown_key", "bad.yaml", "SupG:\n  gemq: True\n", ["bad config file", "unknown config key 'SupG.gemq'"]),
     ("not_yaml", "bad.yaml", "SupG: [unclosed\n", ["bad config file", "not valid YAML"]),
     ("top_level_list", "bad.yml", "- SupG\n- M\n", ["expected a mapping of sections", "found list"]),
@@ -126,3 +138,22 @@ def test_non_finite_number_in_config_file(tmp_path, entry, text, fragments):
     path.write_text(text)
     error_line(entry("test.py", "--cfg", path, "OUT_DIR", tmp_path / "out", cwd=tmp_path), path, *fragments,
                "a finite number")
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    # the flag contradicts the pair even though the value given equals the default
+    (["--M", "50", "--K", "3", "SupG.K", "9"], ["--K 3 contradicts 9", "give it once"]),
+    # the real problem is M (5 vs 6); K=1 from --K is fine with either
+    (["--M", "5", "SupG.M", "6", "--K", "1"], ["--M 5 contradicts 6"]),
+])
+def test_rerank_features_flag_against_key_value_pair(tmp_path, entry, argv, fragments):
+    done = entry("rerank_features.py", "--query", "Q.npy", "--db", "X.npy", *argv, cwd=tmp_path)
+    error_line(done, *fragments)
+
+
+def test_rerank_features_flag_settles_a_pair_only_valid_with_it(tmp_path, entry):
+    """SupG.M 6 alone would clash with the default K=9; --K 1 makes the whole valid: it is checked
+    once, with every source applied (then the missing feature file is what stops the run)."""
+    done = entry("rerank_features.py", "--query", "Q.npy", "--db", "X.npy", "--out", "r.npy", "SupG.M", "6", "--K", "1",
+                 cwd=tmp_path)
+    error_line(done, "file not found: Q.npy")

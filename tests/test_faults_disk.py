@@ -134,3 +134,19 @@ def test_extract_rop1m_disk_full_at_merge_then_resume(ws, r1m, tmp_path, entry):
         assert done.returncode == 0, done.stderr
         assert "2 already done, 0 to do" in done.stdout
         assert output.read_bytes() == reference
+
+
+@pytest.mark.parametrize("which, named", [("list", "the image list in --data-dir"),
+                                          ("image", "the images in --data-dir"),
+                                          ("weights", "--weight")])
+def test_extract_rop1m_output_that_is_an_input_is_refused_unharmed(ws, r1m, tmp_path, entry, which, named):
+    """--output naming the image list, an image or the weights stops before any work, saying it is
+    an input (not: 'delete it'), and the file keeps its bytes."""
+    data, _ = r1m
+    target = {"list": data / "revisitop1m.txt", "image": next((data / "jpg").rglob("*.jpg")),
+              "weights": ws / "weights" / "CVPR2022_CVNet_R50.pyth"}[which]
+    before = target.read_bytes()
+    done = entry("extract_rop1m.py", *r1m_args(ws, data, target), cwd=tmp_path)
+    error_line(done, "refusing to write", named)
+    assert "delete it" not in done.stderr and target.read_bytes() == before
+    assert not target.with_name(target.name + ".parts").exists()

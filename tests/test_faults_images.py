@@ -14,6 +14,7 @@ R1M distractor images are covered by tests/test_extract_rop1m.py (failed images 
 are listed in the sidecar).
 """
 
+import os
 import pickle
 import shutil
 
@@ -193,3 +194,17 @@ def test_10000x10000_decodes(tmp_path):
     im = read_image(path)
     assert im.shape == (10000, 10000, 3)
     assert im[0, 0].tolist() == [0, 0, 0] and abs(int(im[-1, -1, 2]) - 255) <= 2
+
+
+def test_an_image_name_that_is_not_utf8_is_refused_before_any_work(ws, tmp_path, entry):
+    """OpenCV crashes (segmentation fault) on such a name: the run names it and stops first."""
+    from test.synthetic import write_custom_folder
+
+    root, _ = ws
+    folder = write_custom_folder(tmp_path / "shop")
+    os.rename(folder / "db" / "1.jpg", os.fsdecode(os.fsencode(folder / "db") + b"/caf\xe9.jpg"))
+    out = tmp_path / "out"
+    done = entry("test.py", "TEST.WEIGHTS", root / "weights", "TEST.DATASET_LIST", f"custom:{folder}",
+                 "OUT_DIR", out, "TEST.SCALE_LIST", "1", cwd=tmp_path)
+    error_line(done, "1 of 5 shop images have names that are not valid UTF-8", "caf\\udce9.jpg", "rename them")
+    assert_nothing_written(out)

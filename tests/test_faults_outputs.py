@@ -111,3 +111,85 @@ def test_ctrl_c_ends_with_one_line_exit_130_and_nothing_partial(ws, tmp_path):
     lines = [line for line in stderr.replace("\r", "\n").split("\n") if line.strip()]
     assert lines[-1].startswith("interrupted:") and sum(line.startswith("interrupted") for line in lines) == 1
     assert not list(out.glob("*.npz")) and no_temporaries(out) == []
+
+
+@pytest.mark.parametrize("name", ["log.txt", "results.json", "config.yaml"])
+def test_a_weights_file_named_like_a_run_output_is_refused_before_any_work(ws, tmp_path, entry, name):
+    """The weights are copied into OUT_DIR under the name of a file test.py writes there: the run
+    stops before its header, the file keeps its bytes and its name, and nothing is written."""
+    from tests.faults_common import WEIGHTS_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    weights = out / name
+    weights.write_bytes((ws / "weights" / WEIGHTS_NAME).read_bytes())
+    before = weights.read_bytes()
+    args = [a for a in base_args(ws, out=out)]
+    args[args.index("TEST.WEIGHTS") + 1] = weights
+    error_line(entry("test.py", *args, cwd=tmp_path), f"refusing to write {out / name}",
+               "it is an input of this run (TEST.WEIGHTS)")
+    assert weights.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == sorted({".lock", "log.txt", name})
+    if name != "log.txt":  # the log holds the one error line, and nothing else
+        lines = (out / "log.txt").read_text().splitlines()
+        assert len(lines) == 1 and " -> error: refusing to write" in lines[0]
+
+
+def test_a_ground_truth_named_results_json_is_refused_before_any_extraction(tmp_path, ws, entry):
+    folder = write_custom_folder(tmp_path / "shop")
+    out = tmp_path / "out"
+    out.mkdir()
+    gt = out / "results.json"
+    gt.write_text('[{"query": "queries/q0.jpg", "relevant": ["db/0.jpg"]}]')  # gt.csv of the folder, as JSON
+    before = gt.read_bytes()
+    args = ["TEST.WEIGHTS", ws / "weights", "TEST.DATASET_LIST", f"custom:{folder}::{gt}", "OUT_DIR", out, *FAST]
+    done = entry("test.py", *args, cwd=tmp_path)
+    error_line(done, "refusing to write", "results.json", "it is an input of this run")
+    assert gt.read_bytes() == before
+    assert not (out / "feature_cache").exists() and not (out / "config.yaml").exists()
+
+
+def test_the_cfg_file_in_out_dir_is_kept_and_rewritten_only_when_unchanged(ws, tmp_path, entry):
+    """`--cfg OUT_DIR/config.yaml` reruns the same settings (config.yaml stays byte for byte); with an
+    override the merged config would replace the file the user gave: refused before any work."""
+    out = tmp_path / "out"
+    assert entry("test.py", *base_args(ws, out=out), cwd=tmp_path).returncode == 0
+    config = out / "config.yaml"
+    before = config.read_bytes()
+    again = entry("test.py", "--cfg", config, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert config.read_bytes() == before
+    log_before = (out / "log.txt").read_text()
+    done = entry("test.py", "--cfg", config, "SupG.K", "3", cwd=tmp_path)
+    error_line(done, f"refusing to write {config}", "it is an input of this run (--cfg)")
+    assert config.read_bytes() == before
+    added = (out / "log.txt").read_text()[len(log_before):].splitlines()
+    assert len(added) == 1 and " -> error: refusing to write" in added[0]
+
+
+def wait_until_importing_torch(pid, timeout=30):
+    """Return once torch's library is mapped into process `pid` (it is inside `import torch`)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if "libtorch" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
+@pytest.mark.parametrize("script", ["test.py", "extract_rop1m.py", "rerank_features.py", "sweep.py"])
+def test_ctrl_c_while_importing_torch_is_one_line_exit_130(tmp_path, script):
+    """Ctrl-C during the imports (torch takes about a second) ends like Ctrl-C during the work:
+    exit 130, one line, no traceback from inside an import."""
+    child = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_until_importing_torch(child.pid)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), stderr

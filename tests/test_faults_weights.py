@@ -122,6 +122,8 @@ NOT_FLOAT = [
     ("string", "s4.b3.f.c.weight", "not a tensor", "a str"),
     ("list", "head.fc.bias", [0.0] * 2048, "a list"),
     ("int_scalar", "stem.bn.running_mean", 3, "a int"),
+    ("sparse_conv_weight", "stem.conv.weight", torch.ones(64, 3, 7, 7).to_sparse(), "a torch.sparse_coo tensor"),
+    ("meta_bn", "stem.bn.weight", torch.ones(64, device="meta"), "a meta tensor (no data)"),
 ]
 
 
@@ -132,7 +134,7 @@ def test_non_float_weights_are_refused_not_cast(ws, tmp_path, entry, case, key, 
     out = tmp_path / "out"
     done = entry("test.py", *base_args(ws, out=out), "TEST.WEIGHTS", path, cwd=tmp_path,
                  subprocess=case == "int64_conv_weight")
-    error_line(done, path, key, kind, "not a floating-point tensor")
+    error_line(done, path, key, kind, "not a plain floating-point tensor")
     assert_nothing_written(out)
 
 
@@ -165,5 +167,5 @@ def test_lite0_non_float_weights_are_refused_not_cast(ws, tmp_path, entry, key, 
     out = tmp_path / "out"
     done = entry("test.py", *base_args(ws, out=out), "MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", path,
                  cwd=tmp_path)
-    error_line(done, path, key, kind, "not a floating-point tensor", "TEST.WEIGHTS auto")
+    error_line(done, path, key, kind, "not a plain floating-point tensor", "TEST.WEIGHTS auto")
     assert_nothing_written(out)

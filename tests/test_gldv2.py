@@ -83,8 +83,9 @@ def test_rerank_features_gldv2(tmp_path):
     write_gldv2(tmp_path, with_lists=False)
     g = load_gldv2(tmp_path)
     rng = np.random.default_rng(2)
-    np.save(tmp_path / "Q.npy", rng.random((3, 8), dtype=np.float32))
-    np.save(tmp_path / "X.npy", rng.random((6, 8), dtype=np.float32))
+    for name, rows in (("Q", 3), ("X", 6)):  # unit rows: rerank_features.py refuses others
+        v = rng.random((rows, 8), dtype=np.float32)
+        np.save(tmp_path / f"{name}.npy", v / np.linalg.norm(v, axis=1, keepdims=True))
     done = subprocess.run([sys.executable, str(ROOT / "rerank_features.py"), "--query", "Q.npy", "--db", "X.npy",
                            "--methods", "none", "--gldv2", "."], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)

@@ -57,7 +57,9 @@ def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
     plain_faults, _ = late_rounds(False)
     tuned_faults, tuned_growth = late_rounds(True)
     assert plain_faults > 4 * activation_pages  # glibc unmaps each activation and maps it anew
-    assert tuned_faults < activation_pages // 2  # kept: later rounds touch pages already mapped
+    # kept: later rounds touch pages already mapped (0 faults on a quiet machine; a few thousand when
+    # the kernel reclaims pages under memory pressure from other processes)
+    assert tuned_faults < plain_faults // 10
     assert tuned_growth <= 8  # ... and reuse them: the heap does not grow round after round
 
 
