@@ -127,6 +127,15 @@ def base_args(root, dataset="roxford5k", out=None):
             "TEST.DATASET_LIST", dataset, "OUT_DIR", out or root / "out", *FAST]
 
 
+def stops_before_any_work(entry, root, dataset, tmp_path, *fragments, subprocess=False):
+    """test.py on TEST.DATASET_LIST `dataset` stops with one `error:` line holding `fragments`, and
+    writes nothing to its OUT_DIR."""
+    out = tmp_path / "out"
+    done = entry("test.py", *base_args(root, dataset, out=out), cwd=tmp_path, subprocess=subprocess)
+    error_line(done, *fragments)
+    assert_nothing_written(out)
+
+
 def out_files(out):
     """Every file under `out` but the run lock, relative, with log.txt reported by content."""
     out = Path(out)

@@ -21,7 +21,7 @@ from test.custom_dataset import load_dataset_entry
 from test.gldv2 import load_gldv2, read_solution
 from test.rop1m import read_image_list, resolve_entry
 from test.synthetic import GLDV2_INDEX as INDEX, GLDV2_TEST as TEST, write_custom_folder, write_gldv2, write_r1m
-from tests.faults_common import assert_nothing_written, base_args, error_line, roxford_workspace
+from tests.faults_common import base_args, roxford_workspace, stops_before_any_work
 
 SOLUTION = "retrieval_solution_v2.1.csv"
 
@@ -63,13 +63,9 @@ def gldv2_case(case, root):
 @pytest.mark.parametrize("case", ["usage_lowercase", "usage_unknown", "solution_id_twice", "index_id_twice",
                                   "test_id_twice"])
 def test_bad_gldv2_value_stops_with_one_line(ws, tmp_path, entry, case):
-    root, _ = ws
     path, fragments = gldv2_case(case, tmp_path / "gld")
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, f"gldv2:{tmp_path / 'gld'}", out=out), cwd=tmp_path,
-                 subprocess=case == "usage_lowercase")
-    error_line(done, path, *fragments)
-    assert_nothing_written(out)
+    stops_before_any_work(entry, ws[0], f"gldv2:{tmp_path / 'gld'}", tmp_path, path, *fragments,
+                          subprocess=case == "usage_lowercase")
 
 
 def test_gldv2_image_file_twice_is_refused(tmp_path):
@@ -112,11 +108,8 @@ def test_custom_folder_with_two_ground_truths_stops_with_one_line(ws, tmp_path, 
     root, _ = ws
     folder = write_custom_folder(tmp_path / "photos")
     (folder / "gt.json").write_text(json.dumps([{"query": "queries/q0.jpg", "relevant": ["db/1.jpg"]}]))
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, f"custom:{folder}", out=out), cwd=tmp_path)
-    error_line(done, folder / "gt.csv", folder / "gt.json", "several ground-truth files", "keep one",
-               f"custom:{folder}::<file>")
-    assert_nothing_written(out)
+    stops_before_any_work(entry, root, f"custom:{folder}", tmp_path, folder / "gt.csv", folder / "gt.json",
+                          "several ground-truth files", "keep one", f"custom:{folder}::<file>")
 
 
 def test_custom_folder_with_two_ground_truths_named_file_works(tmp_path):

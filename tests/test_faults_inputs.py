@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.faults_common import (assert_nothing_written, base_args,
-                                 error_line, roxford_workspace)
+from tests.faults_common import (assert_nothing_written, base_args, error_line, roxford_workspace,
+                                 stops_before_any_work)
 
 DEEP_JSON = "[" * 100000 + "]" * 100000
 SOLUTION_HEADER = "id,images,Usage\n"
@@ -75,13 +75,9 @@ GLDV2_CASES = ["solution_missing_column", "solution_wrong_header", "solution_sho
 
 @pytest.mark.parametrize("case", GLDV2_CASES)
 def test_malformed_gldv2_csv_stops_with_one_line(ws, tmp_path, entry, case):
-    root, _ = ws
     path, fragments = gldv2_case(case, tmp_path / "gld")
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, f"gldv2:{tmp_path / 'gld'}", out=out), cwd=tmp_path,
-                 subprocess=case == "solution_short_row")
-    error_line(done, path, *fragments)
-    assert_nothing_written(out)
+    stops_before_any_work(entry, ws[0], f"gldv2:{tmp_path / 'gld'}", tmp_path, path, *fragments,
+                          subprocess=case == "solution_short_row")
 
 
 def custom_case(case, folder):
@@ -118,13 +114,9 @@ def custom_case(case, folder):
 @pytest.mark.parametrize("case", ["csv_latin1", "json_latin1", "json_nested_list", "json_nested_object",
                                   "json_5000_digit_int", "json_bbox_beyond_float"])
 def test_unreadable_custom_ground_truth_stops_with_one_line(ws, tmp_path, entry, case):
-    root, _ = ws
     path, fragments = custom_case(case, tmp_path / "photos")
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, f"custom:{tmp_path / 'photos'}", out=out), cwd=tmp_path,
-                 subprocess=case == "json_nested_list")
-    error_line(done, path, *fragments)
-    assert_nothing_written(out)
+    stops_before_any_work(entry, ws[0], f"custom:{tmp_path / 'photos'}", tmp_path, path, *fragments,
+                          subprocess=case == "json_nested_list")
 
 
 def distractor_case(case, folder):
