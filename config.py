@@ -385,7 +385,7 @@ def load_cfg_from_args(args, description="SuperGlobal", aliases=()):
     --cfg stops the run. The result is checked once, with every source applied."""
     config = get_cfg_defaults()
     args = list(args)
-    path, from_file, given = None, {}, {}
+    path, from_file = None, {}
     if "--cfg" in args:
         at = args.index("--cfg")
         if at + 1 >= len(args):

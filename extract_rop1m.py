@@ -154,7 +154,7 @@ def refuse_foreign_output(output, identity):
     raise UserError(f"{output} exists {why}; delete it and {sidecar.name} or choose another --output")
 
 
-def refuse_output_over_inputs(output, args, opts, image_list, weights):
+def refuse_output_over_inputs(output, opts, image_list, weights):
     """--output, its sidecar and its parts folder must not be (or lie in) what this run reads: the
     image list, the images, the weights or the --cfg file."""
     forget_inputs()  # main() may run several times in one process (tests)
@@ -186,7 +186,7 @@ def run(args, opts):
     output = Path(args.output or default_distractors_path(cfg))
     if output.is_dir():
         raise UserError(f"--output {output} is a directory: give a file name")
-    refuse_output_over_inputs(output, args, opts, image_list, weights)
+    refuse_output_over_inputs(output, opts, image_list, weights)
 
     done_sidecar = completed_sidecar(output, identity)
     if done_sidecar is not None:

@@ -60,7 +60,9 @@ def test_tuned_allocator_reuses_freed_memory_instead_of_faulting_it_in_again():
     # kept: later rounds touch pages already mapped (0 faults on a quiet machine; a few thousand when
     # the kernel reclaims pages under memory pressure from other processes)
     assert tuned_faults < plain_faults // 10
-    assert tuned_growth <= 8  # ... and reuse them: the heap does not grow round after round
+    # ... and reuse them: the heap does not grow round after round (a freed block never reused would
+    # add one activation, ~36 MiB, per round; now and then one block lands elsewhere, once)
+    assert tuned_growth <= 40
 
 
 def test_cpu_defaults_do_not_oversubscribe():
