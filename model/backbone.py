@@ -8,7 +8,23 @@ SuperGlobal's pooling plugs in between forward_features and forward_head (model/
 A backbone registers itself in model/registry.py.
 """
 
+from dataclasses import dataclass
+
 import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """What a network takes: ``(uint8 / 255 - mean[c]) / std[c]`` per BGR channel, then the channels
+    reversed to RGB when `rgb`."""
+
+    mean_bgr: tuple
+    std_bgr: tuple
+    rgb: bool = False
+
+
+# CVNet (ImageNet statistics, BGR: the official loader's _MEAN / _SD).
+CVNET_INPUT = InputNorm((0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
 
 
 class RetrievalBackbone(nn.Module):

@@ -3,7 +3,8 @@
 Each entry builds the module, loads its weights, and states its descriptor width and the input
 its weights expect (`InputNorm`: mean/std in the loader's BGR order, and whether the network takes
 RGB), in the spirit of timm's pretrained configs. The loader always reads BGR uint8 (cv2, as the
-official code); test/images.normalize_images turns it into that input on the compute device. A backbone module exposes, in the style of timm,
+official code); test/images.normalize_for turns it into that input on the compute device. A
+backbone module exposes (model/backbone.py), in the style of timm,
 
     forward_features(images) -> last feature map (B, C, h, w)
     forward_pool(fmap)       -> its own pooling (B, C), used when GeM+ is off
@@ -17,24 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from errors import UserError
+from model.backbone import CVNET_INPUT, InputNorm
 from model.checkpoint import load_weights as load_cvnet_weights
 from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0, load_lite0_weights
 from model.resnet import ResNet
 
-
-
-@dataclass(frozen=True)
-class InputNorm:
-    """What a network takes: ``(uint8 / 255 - mean[c]) / std[c]`` per BGR channel, then the channels
-    reversed to RGB when `rgb`."""
-
-    mean_bgr: tuple
-    std_bgr: tuple
-    rgb: bool = False
-
-
-# CVNet (ImageNet statistics, BGR: the official loader's _MEAN / _SD).
-CVNET_INPUT = InputNorm((0.406, 0.456, 0.485), (0.225, 0.224, 0.229))
 # EfficientNet-Lite (TensorFlow's (x - 127) / 128, ~[-1, 1], RGB).
 LITE_INPUT = InputNorm((0.498, 0.498, 0.498), (0.502, 0.502, 0.502), rgb=True)
 

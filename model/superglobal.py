@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.backbone import CVNET_INPUT
 from modules.coarse_retrieval import GeMPlus, RegionalGeM, ScaleGeM
 
 
@@ -27,11 +28,11 @@ def resize_for_scale(images, scale):
 class SuperGlobalDescriptor(nn.Module):
     """Image batch (B, 3, H, W), normalised -> L2-normalised global descriptors (B, D).
 
-    `input_norm` (model/registry.py InputNorm, None: CVNet's) records how the backbone wants its
+    `input_norm` (model/backbone.py InputNorm, default CVNet's) records how the backbone wants its
     input normalised; the extraction loop reads it, the module itself never renormalises."""
 
     def __init__(self, backbone, scales, gemp=True, rgem=True, sgem=True,
-                 gemp_p=4.6, rgem_p=2.5, rgem_size=5, input_norm=None):
+                 gemp_p=4.6, rgem_p=2.5, rgem_size=5, input_norm=CVNET_INPUT):
         super().__init__()
         self.backbone = backbone
         self.input_norm = input_norm

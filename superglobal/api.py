@@ -9,7 +9,6 @@ import torch
 
 from config import load_cfg_from_args
 from errors import UserError
-from model.registry import CVNET_INPUT
 from test.build import descriptor_dim, load_descriptor as load_network
 from test.extract import autocast_context, extract_features
 from test.images import RevisitopImages, load_image
@@ -76,8 +75,8 @@ class Descriptor:
 
     @property
     def input_norm(self):
-        """How this backbone wants its input (model/registry.py InputNorm: mean/std, RGB or BGR)."""
-        return self.module.input_norm or CVNET_INPUT
+        """How this backbone wants its input (model/backbone.py InputNorm: mean/std, RGB or BGR)."""
+        return self.module.input_norm
 
     def load_image(self, path, box=None):
         """One image file (cropped to `box` [x1, y1, x2, y2] if given), normalised for this backbone:

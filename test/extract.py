@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from errors import UserError
 from model.inference import prepare_for_inference
-from model.registry import CVNET_INPUT
+from model.backbone import CVNET_INPUT
 from test.images import normalize_for
 from test.runtime import ExtractOptions, tune_worker
 
@@ -106,7 +106,7 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
                      desc="extract", options=None, norm=None):
     """Run `descriptor` over every image of `dataset` ((index, CHW tensor) items): (len, D) float32.
 
-    uint8 images (BGR) are normalised as `norm` (model/registry.py InputNorm) says; default: the
+    uint8 images (BGR) are normalised as `norm` (model/backbone.py InputNorm) says; default: the
     descriptor's own `input_norm`, else CVNet's. `batch_size` and
     `num_workers` override `options` (ExtractOptions) when given (> 0, >= 0); "auto" values are
     decided for `device` (test/runtime.py)."""
@@ -116,7 +116,7 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
     torch.set_num_threads(options.num_threads)
     channels_last, non_blocking = options.on("channels_last"), options.on("non_blocking")
     model = prepared_descriptor(descriptor, options)
-    norm = norm or getattr(descriptor, "input_norm", None) or CVNET_INPUT
+    norm = norm or getattr(descriptor, "input_norm", CVNET_INPUT)
     in_worker = None if options.on("uint8_transfer") else norm
     workers = options.num_workers
     loader = DataLoader(_ErrorsAsValues(dataset, in_worker), batch_size=None, shuffle=False,

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from errors import UserError, is_utf8
-from model.registry import CVNET_INPUT, InputNorm
+from model.backbone import CVNET_INPUT, InputNorm
 
 # BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
 MEAN_BGR = np.array(CVNET_INPUT.mean_bgr, dtype=np.float32)
@@ -112,7 +112,7 @@ def normalize_images(images: torch.Tensor, mean=MEAN_BGR, std=STD_BGR, rgb: bool
 
 
 def normalize_for(images: torch.Tensor, norm: InputNorm) -> torch.Tensor:
-    """`normalize_images` with a backbone's input convention (model/registry.py InputNorm)."""
+    """`normalize_images` with a backbone's input convention (model/backbone.py InputNorm)."""
     return normalize_images(images, norm.mean_bgr, norm.std_bgr, norm.rgb)
 
 

@@ -42,6 +42,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from errors import UserError
+from model.backbone import CVNET_INPUT
 from model.fingerprint import file_sha256, fingerprint_differences
 from test.extract import extract_features
 from test.images import read_chw
@@ -171,7 +172,7 @@ class MarkerAware(nn.Module):
         super().__init__()
         self.descriptor = descriptor
         self.dim = dim
-        self.input_norm = getattr(descriptor, "input_norm", None)  # the extraction loop normalises with it
+        self.input_norm = getattr(descriptor, "input_norm", CVNET_INPUT)  # the extraction loop normalises with it
 
     def forward(self, images):
         if tuple(images.shape[-2:]) != (1, 1):

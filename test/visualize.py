@@ -62,10 +62,6 @@ def fit(image, size=TILE):
     return tile, scale, x, y
 
 
-def _read(path):
-    return read_image(path)  # the loader's reader: the same checks and messages
-
-
 def _text(canvas, text, x, y, colour=(0, 0, 0), scale=0.42):
     cv2.putText(canvas, text, (x, y), FONT, scale, colour, 1, cv2.LINE_AA)
 
@@ -96,7 +92,7 @@ def draw_query(query_path, bbx, db_paths, gnd_entry, similarity, rows, topk, sco
     `aps`: its (E, M, H) APs (before, after) reranking."""
     height, width = grid_size(topk)
     canvas = np.full((height, width, 3), 255, np.uint8)
-    image = _read(query_path)
+    image = read_image(query_path)
     tile, scale, x0, y0 = fit(image)
     x1, y1, x2, y2 = (int(round(v * scale)) for v in bbx)
     cv2.rectangle(tile, (x0 + x1, y0 + y1), (x0 + x2 - 1, y0 + y2 - 1), QUERY_BOX, 2)
@@ -134,7 +130,7 @@ def draw_query(query_path, bbx, db_paths, gnd_entry, similarity, rows, topk, sco
                     value = f"{scores[k]:.3f}"
                 else:
                     value = f"{similarity[index]:.3f}" + (" cos" if r == 2 and reranked else "")
-                _result_cell(canvas, top, left, _read(db_paths[index]), f"#{k + 1} {value} {label}", COLOURS[label])
+                _result_cell(canvas, top, left, read_image(db_paths[index]), f"#{k + 1} {value} {label}", COLOURS[label])
             else:
                 _result_cell(canvas, top, left, None, f"#{k + 1} distractor", COLOURS["negative"])
     return canvas
