@@ -33,7 +33,7 @@ _C.TEST.WEIGHTS = "./weights"  # CVNet checkpoint file or a directory holding CV
 _C.TEST.DATA_DIR = "./revisitop"  # revisitop root: <DATA_DIR>/<dataset>/jpg/ and gnd_<dataset>.pkl
 _C.TEST.DATASET_LIST = ["roxford5k", "rparis6k"]  # datasets in order: revisitop names, custom:<folder>, gldv2:<root>
 _C.TEST.DESCRIPTOR = "superglobal"  # superglobal (the paper), or cvnet: CVNet's own global pipeline (CVNet-Global rows)
-_C.TEST.CVNET_UPSCALE = "linear"  # cvnet descriptor: cv2 upscaling above scale 1: linear (CVNet's code) or cubic (not CVNet's)
+_C.TEST.CVNET_UPSCALE = "linear"  # cvnet descriptor: cv2 upscaling above scale 1: linear (CVNet's) or cubic
 _C.TEST.SCALE_LIST = 3  # 1: [1.0]; 3: [0.7071, 1.0, 1.4142]; 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]
 _C.TEST.BATCH_SIZE = 0  # images of one size per forward pass (0 = auto: CPU 1, CUDA 16; 1 = official one-by-one)
 _C.TEST.NUM_WORKERS = -1  # DataLoader processes decoding images (-1 = auto from the usable cores; 0 = main process)
@@ -71,6 +71,13 @@ _C.SupG.distractors_check = True  # refuse R1M features whose sidecar names othe
 
 _C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
 _C.OUT_DIR = "."  # where log.txt (appended) and saved features go
+_C.VERSION = 1  # config format version, recorded in config.yaml so a --cfg file of an older one still reads
+
+# Config format versions: key renames and removals from version v to v + 1, as {old full key: new
+# full key, or None when removed}. A --cfg file of version v is brought forward one step at a time
+# (detectron2's config/compat.py and pycls's deprecated keys do the same), so a saved config.yaml
+# keeps working after a rename. The command line always uses the current names.
+RENAMED_KEYS: dict[int, dict[str, str | None]] = {}
 
 _SCALES = {1: [1.0], 3: [0.7071, 1.0, 1.4142], 5: [0.5, 0.7071, 1.0, 1.4142, 2.0]}
 
@@ -81,6 +88,7 @@ _CHOICES = {
     "TEST.PRECISION": ["fp32", "bf16", "fp16"],
     "TEST.DESCRIPTOR": ["superglobal", "cvnet"],
     "TEST.CVNET_UPSCALE": ["linear", "cubic"],
+    "VERSION": [_C.VERSION],
     **{f"TEST.{key}": ["auto", "on", "off"]
        for key in ("FOLD_BN", "CHANNELS_LAST", "PIN_MEMORY", "NON_BLOCKING", "UINT8_TRANSFER")},
 }
@@ -164,13 +172,6 @@ def _looks_like_key(token, known):
     """A known key, or a would-be key in a known section (so a misspelt key is reported as one)."""
     sections = {key.split(".")[0] for key in known}
     return token in known or ("." in token and token.split(".")[0] in sections)
-
-
-def merge_from_args(config, args):
-    """Apply `KEY VALUE` pairs (a boolean key without a value means True) to `config`, then check it."""
-    _apply_pairs(config, args)
-    validate(config)
-    return config
 
 
 def _apply_pairs(config, args) -> dict:
@@ -334,6 +335,55 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _file_version(data, path):
+    """The VERSION a --cfg mapping declares (a file without one predates versioning: version 1)."""
+    version = data.get("VERSION", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"bad config file {path}: VERSION must be a whole number from 1 to {_C.VERSION}, "
+                        f"found {version!r}")
+    if version > _C.VERSION:
+        raise UserError(f"config file {path} has VERSION {version}, newer than this code's {_C.VERSION}: "
+                        "update the code, or write the file again with this version's test.py")
+    return version
+
+
+def upgrade_config(data, path="config"):
+    """The --cfg mapping `data` with the keys renamed since its VERSION (RENAMED_KEYS), at the current
+    VERSION. Nested mappings are copied, never changed in place."""
+    version = _file_version(data, path)
+    if version == _C.VERSION:
+        return data
+    flat = dict(_flatten_mapping(data))
+    for step in range(version, _C.VERSION):
+        for old, new in RENAMED_KEYS.get(step, {}).items():
+            if old in flat:
+                value = flat.pop(old)
+                if new is not None:
+                    if new in flat:
+                        raise UserError(f"bad config file {path}: {old} (renamed {new} in version {step + 1}) "
+                                        f"and {new} are both set: keep {new}")
+                    flat[new] = value
+    flat["VERSION"] = _C.VERSION
+    nested = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return nested
+
+
+def _flatten_mapping(data, prefix=""):
+    """(dotted key, leaf value) pairs of a nested mapping (a non-str key is kept as its repr)."""
+    for name, value in data.items():
+        full = f"{prefix}{name}" if isinstance(name, str) else f"{prefix}{name!r}"
+        if isinstance(value, dict) and value:
+            yield from _flatten_mapping(value, full + ".")
+        else:
+            yield full, value
+
+
 def _read_yaml_cfg(path, defaults):
     """A CfgNode of the keys set by the YAML file at `path`, each typed and checked like a command-line
     value. Only YAML is read, with yaml.safe_load: yacs' merge_from_file would execute a .py file."""
@@ -358,6 +408,7 @@ def _read_yaml_cfg(path, defaults):
         found = "nothing (empty file)" if data is None else f"{type(data).__name__} {str(data)[:60]}"
         raise UserError(f"bad config file {path}: expected a mapping of sections (e.g. 'SupG:' with keys "
                         f"below it), found {found}")
+    data = upgrade_config(data, path)
     try:
         override = CfgNode()
         for key, value in _yaml_pairs(defaults, data):

@@ -7,6 +7,7 @@ may raise its error.
 """
 
 import argparse
+import numbers
 import os
 import re
 import signal
@@ -40,6 +41,11 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_int(value) -> bool:
+    """A whole number, not a bool (bool is an int subclass that JSON and YAML values can carry)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def one_line(text) -> str:

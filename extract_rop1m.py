@@ -6,7 +6,7 @@
 Resumable (run the same command again after a crash or kill), shardable (--num-shards/--shard-id,
 or torchrun), tolerant of unreadable images (zero rows, listed in the sidecar). The features are the
 ones test.py computes for a database image with the same KEY VALUE settings. See
-docs/extract_rop1m.md and test/rop1m.py for the on-disk layout.
+docs/r1m_extraction.md and test/r1m/job.py for the on-disk layout.
 """
 
 from errors import quiet_interrupt_during_startup
@@ -29,13 +29,24 @@ from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from model.checkpoint import checkpoint_path
 from model.fingerprint import file_sha256
 from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
-from test.device import resolve_device
-from test.extract import autocast_context
-from test.runtime import options_from_cfg, tune_process
-from test.writer import forget_inputs, refuse_input, register_input
-from test.rop1m import (IMAGE_DIR, LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
-                        merge, parts_of_shard, read_image_list, require_some_images, run_identity,
-                        sidecar_path)
+from test.extraction.device import resolve_device
+from test.extraction.extract import check_precision
+from test.extraction.runtime import options_from_cfg, tune_process
+from test.outputs.writer import forget_inputs, refuse_input, register_input
+from test.r1m.job import (
+    IMAGE_DIR,
+    LIST_NAME,
+    WorkDir,
+    completed_sidecar,
+    extract_part,
+    identity_differences,
+    merge,
+    parts_of_shard,
+    read_image_list,
+    require_some_images,
+    run_identity,
+    sidecar_path,
+)
 
 DESCRIPTION = """Extract R1M distractor features: a torch.save'd float32 tensor N x D (rows L2-normalised,
 list order, all-zero rows for unreadable images) plus a JSON sidecar <output>.json.
@@ -168,6 +179,7 @@ def refuse_output_over_inputs(output, opts, image_list, weights):
 
 
 def run(args, opts):
+    """Extract this process's shard of the R1M list into parts, and merge them when all are done."""
     started = time.time()
     cfg = make_cfg(args, opts)
     if args.shard_size < 1:
@@ -176,7 +188,7 @@ def run(args, opts):
     device = resolve_device(cfg.DEVICE, "DEVICE", local_rank)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # DataLoader pinning and caches go to this process's GPU
-    autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work
+    check_precision(device, cfg.TEST.PRECISION)  # before any work
     image_list = read_image_list(args.data_dir)
     if not args.merge_only:
         require_some_images(image_list)
@@ -262,6 +274,7 @@ def run(args, opts):
 
 
 def main(argv=None):
+    """Command-line entry point of extract_rop1m.py; returns the exit code (0, 2, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tune_process()
     parser = build_parser()

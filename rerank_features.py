@@ -28,11 +28,11 @@ import torch
 
 from config import get_cfg_defaults, load_cfg_from_args
 from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of, typed_flags
-from test.device import resolve_device
-from test.feature_files import load_features, load_ground_truth_lists, load_gldv2_checked
-from test.gnd import protocols
-from test.runtime import tune_process
-from test.writer import atomic_write, refuse_input, register_input, save_npy
+from test.data.feature_files import load_features, load_gldv2_checked, load_ground_truth_lists
+from test.data.gnd import protocols
+from test.extraction.device import resolve_device
+from test.extraction.runtime import tune_process
+from test.outputs.writer import atomic_write, refuse_input, register_input, save_npy
 
 METHODS = {
     "none": "the initial ranking",
@@ -55,13 +55,14 @@ def take_reranking_config(args, opts):
 
 
 def parse_args(argv):
-    from test.baselines import DBA_ALPHA, DBA_K, QE_ALPHA, QE_N
+    from test.retrieval.baselines import DBA_ALPHA, DBA_K, QE_ALPHA, QE_N
 
     defaults = get_cfg_defaults().SupG
     p = ArgumentParser(prog="rerank_features.py", description=__doc__.split("\n")[0], allow_abbrev=False,
                        formatter_class=DefaultsHelpFormatter,
                        epilog="Trailing KEY VALUE pairs set config keys (e.g. SupG.M 200); --cfg FILE reads a "
-                              "config.yaml that test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, SupG.beta.")
+                              "config.yaml that test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, "
+                              "SupG.beta.")
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")
     p.add_argument("--query", help="query features (.npy / .npz), nq x D")
     p.add_argument("--db", help="database features (.npy / .npz), N x D")
@@ -80,7 +81,7 @@ def parse_args(argv):
     p.add_argument("--gnd", help="ground truth: revisitop gnd_*.pkl, or custom .csv / .json (needs --images)")
     p.add_argument("--images", help="image folder of a custom .csv / .json ground truth (database order)")
     p.add_argument("--gldv2", help="GLDv2 retrieval root: evaluate mAP@100 (Public/Private/All); features "
-                                   "in the order of test.gldv2.load_gldv2 (index ids, scored test ids)")
+                                   "in the order of test.data.gldv2.load_gldv2 (index ids, scored test ids)")
     p.add_argument("--gldv2-solution", help="GLDv2 solution csv (default <root>/retrieval_solution_v2.1.csv)")
     p.add_argument("--out", help="write the reranked top --topk: .npy or .csv (one file per method, "
                                  "named <stem>.<method><ext>, when several methods run)")
@@ -115,7 +116,7 @@ def parse_args(argv):
 
 def run_method(method, Q, X, initial, args):
     from modules.reranking import rerank
-    from test.baselines import dba_qe_ranks, dba_ranks, qe_ranks
+    from test.retrieval.baselines import dba_qe_ranks, dba_ranks, qe_ranks
 
     if method == "none":
         return initial
@@ -176,8 +177,9 @@ def register_inputs(args):
 
 
 def run(args):
-    from test.evaluate import evaluate_revisitop, format_results
-    from test.search import rank_by_similarity
+    """Rerank saved features with each requested method, then evaluate them or write the top-k."""
+    from test.retrieval.evaluate import evaluate_revisitop, format_results
+    from test.retrieval.similarity import rank_by_similarity
 
     if args.out and Path(args.out).suffix.lower() not in (".npy", ".csv"):
         raise UserError(f"--out {args.out}: use a .npy or .csv file name")
@@ -204,7 +206,7 @@ def run(args):
             for line in format_results(evaluate_revisitop(new, protos)):
                 print(line, flush=True)
         if gld is not None:
-            from test.gldv2 import evaluate_gldv2, format_gldv2
+            from test.data.gldv2 import evaluate_gldv2, format_gldv2
 
             print(format_gldv2(evaluate_gldv2(new, gld)), flush=True)
         if args.out:
@@ -214,6 +216,7 @@ def run(args):
 
 
 def main(argv=None):
+    """Command-line entry point of rerank_features.py; returns the exit code (0, 2, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tune_process()
     return exit_code_of(lambda: run(parse_args(argv)),

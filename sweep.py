@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of
-from test.writer import atomic_write, json_bytes, refuse_input, register_input, temp_name
-from test.feature_files import load_features, load_ground_truth
+from test.data.feature_files import load_features, load_ground_truth
+from test.outputs.writer import atomic_write, json_bytes, refuse_input, register_input, temp_name
 
 OUTPUTS = ("sweep.csv", "sweep.json")
-PLOTS = tuple(f"mAP_vs_{p}.png" for p in ("M", "K", "beta")) + ("heatmap_K_beta.png",)  # test/plots.py
+PLOTS = tuple(f"mAP_vs_{p}.png" for p in ("M", "K", "beta")) + ("heatmap_K_beta.png",)  # test/retrieval/sweep_plots.py
 
 
 def parse_args(argv):
-    from test.sweep import parse_grid
+    from test.retrieval.rerank_sweep import parse_grid
 
     p = ArgumentParser(prog="sweep.py", description=__doc__.split("\n")[0], allow_abbrev=False,
                        formatter_class=DefaultsHelpFormatter)
@@ -60,7 +60,7 @@ def parse_args(argv):
     if not args.gnd:
         raise UserError("no ground truth: give --gnd (a revisitop gnd_*.pkl, or a custom .csv / .json with --images)")
     args.grid = parse_grid(args.M, args.K, args.beta)
-    args.gldv2 = None  # test.feature_files reads it; GLDv2 sweeps are not supported
+    args.gldv2 = None  # test.data.feature_files reads it; GLDv2 sweeps are not supported
     return args
 
 
@@ -94,7 +94,8 @@ def check_outputs(args):
             pass
         probe.unlink()
     except OSError as error:
-        raise UserError(f"cannot write into --out-dir {out_dir}: {error.strerror}; choose a writable --out-dir") from None
+        raise UserError(f"cannot write into --out-dir {out_dir}: {error.strerror}; "
+                        "choose a writable --out-dir") from None
     for name in OUTPUTS + (PLOTS if plots_wanted(args) else ()):
         path = out_dir / name
         try:
@@ -113,8 +114,8 @@ def check_single(Q, X, ranks, protos, result):
     """One rerank + evaluation per grid point (what 100 rerank_features.py runs would do, minus loading):
     returns its seconds; raises if any mAP differs from the sweep's."""
     from modules.reranking import rerank
-    from test.evaluate import evaluate_revisitop
-    from test.sweep import map_percent
+    from test.retrieval.evaluate import evaluate_revisitop
+    from test.retrieval.rerank_sweep import map_percent
 
     start = time.perf_counter()
     for record in result["records"]:
@@ -127,9 +128,10 @@ def check_single(Q, X, ranks, protos, result):
 
 
 def run(args):
+    """Rerank saved features for every (M, K, beta) of the grid and write the table, CSV, JSON and plots."""
     from config import get_cfg_defaults
-    from test.search import rank_by_similarity
-    from test.sweep import anchor, csv_text, format_table, run_sweep
+    from test.retrieval.rerank_sweep import anchor, csv_text, format_table, run_sweep
+    from test.retrieval.similarity import rank_by_similarity
 
     out_dir = check_outputs(args)
     Q, X, ranks = load_features(args)
@@ -162,7 +164,7 @@ def run(args):
     if args.no_plots:
         return
     try:
-        from test.plots import plot_sweep
+        from test.retrieval.sweep_plots import plot_sweep
 
         paths = plot_sweep(result, out_dir, fixed)
     except ImportError:
@@ -173,6 +175,7 @@ def run(args):
 
 
 def main(argv=None):
+    """Command-line entry point of sweep.py; returns the exit code (0, 2, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     return exit_code_of(lambda: run(parse_args(argv)))
 

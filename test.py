@@ -19,16 +19,31 @@ from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
 from errors import UserError, exit_code_of, one_line
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
 from test.datasets import open_datasets
-from test.device import resolve_device
-from test.distractors import load_distractors
-from test.extract import autocast_context
-from test.feature_cache import FeatureCache
+from test.extraction.device import resolve_device
+from test.extraction.extract import check_precision
+from test.extraction.feature_cache import FeatureCache
+from test.extraction.runtime import tune_process
+from test.outputs.provenance import (
+    append_result,
+    config_lines,
+    config_unchanged,
+    header_lines,
+    new_run_id,
+    result_record,
+    run_header,
+    write_config,
+)
+from test.outputs.run_log import RunLog
+from test.outputs.writer import (
+    OutDirLock,
+    forget_inputs,
+    input_named,
+    refuse_input,
+    refuse_output_folder,
+    register_input,
+)
 from test.pipeline import build_extractor, evaluate_dataset
-from test.provenance import (append_result, config_lines, config_unchanged, header_lines, new_run_id, result_record,
-                             run_header, write_config)
-from test.run_log import RunLog
-from test.runtime import tune_process
-from test.writer import OutDirLock, forget_inputs, input_named, refuse_input, refuse_output_folder, register_input
+from test.r1m.features import load_r1m_features
 
 USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
 
@@ -79,7 +94,7 @@ def refuse_unsupported(cfg, datasets):
 def open_distractors(cfg, fingerprint):
     """(the R1M features, a line describing them) from SupG.distractors_path or the default file."""
     path = cfg.SupG.distractors_path or default_distractors_path(cfg)
-    distractors, info = load_distractors(path, expected_fingerprint=fingerprint,
+    distractors, info = load_r1m_features(path, expected_fingerprint=fingerprint,
                                          check=cfg.SupG.distractors_check, dim=descriptor_dim(cfg))
     register_input(path, "SupG.distractors_path")
     return distractors, info.describe()
@@ -103,7 +118,7 @@ def run(cfg, argv, log):
     """Check every input, then write the header and evaluate each dataset. Whatever is wrong with
     the inputs stops the run before the header."""
     device = resolve_device(cfg.DEVICE)
-    autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work
+    check_precision(device, cfg.TEST.PRECISION)  # before any work
     datasets = open_datasets(cfg.TEST.DATASET_LIST, cfg.TEST.DATA_DIR, cfg.TEST.TOPK)
     refuse_unsupported(cfg, datasets)
     refuse_output_folder(cfg.OUT_DIR, "OUT_DIR")
@@ -145,6 +160,7 @@ def run_logged(cfg, argv):
 
 
 def main(argv=None):
+    """Evaluate every dataset of the config: extract, search, rerank, score; the exit code (0, 2, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tune_process()
     if "-h" in argv or "--help" in argv:

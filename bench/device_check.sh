@@ -34,6 +34,6 @@ fi
     timeout 60 python3 bench/loader.py "${LOADER[@]}"
     timeout 240 python3 bench/extract_throughput.py --device "$DEVICE" --images "$IMAGES" --divisor "$DIVISOR" \
         --json "$OUT/extract_$DEVICE.json"
-    timeout 60 python3 -m pytest -q -x tests/test_search_1m.py tests/test_rerank.py -p no:cacheprovider
-    timeout 90 python3 bench/onemeval.py "${ONEM[@]}" --device "$DEVICE" --json "$OUT/onemeval_$DEVICE.json"
+    timeout 60 python3 -m pytest -q -x tests/r1m/test_r1m_search.py tests/modules/test_rerank.py -p no:cacheprovider
+    timeout 90 python3 bench/r1m_search.py "${ONEM[@]}" --device "$DEVICE" --json "$OUT/onemeval_$DEVICE.json"
 } 2>&1 | tee "$OUT/device_check.log"

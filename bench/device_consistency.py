@@ -18,14 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from config import get_cfg_defaults  # noqa: E402
-from test.build import build_descriptor  # noqa: E402
 from modules.reranking import rerank  # noqa: E402
-from test.extract import extract_features  # noqa: E402
-from test.gnd import load_gnd, protocols  # noqa: E402
-from test.images import RevisitopImages  # noqa: E402
-from test.search import rank_by_similarity  # noqa: E402
-from test.search_1m import search_with_distractors, wanted_from_protocols  # noqa: E402
-from test.synthetic import random_resnet, write_revisitop  # noqa: E402
+from test.build import build_descriptor  # noqa: E402
+from test.data.gnd import load_gnd, protocols  # noqa: E402
+from test.data.images import RevisitopImages  # noqa: E402
+from test.data.synthetic import random_resnet, write_revisitop  # noqa: E402
+from test.extraction.extract import extract_features  # noqa: E402
+from test.r1m.search import search_with_r1m, wanted_from_protocols  # noqa: E402
+from test.retrieval.similarity import rank_by_similarity  # noqa: E402
 
 
 def features_on(device, gnd, weights, batch_size):
@@ -61,7 +61,8 @@ def main():
         torch.backends.cudnn.allow_tf32 = True
         default = features_on(device, gnd, weights, batch_size=8)
     cosine = (cpu * other).sum(1)
-    check("descriptors (strict fp32)", cosine.min() > 0.9999, f"min cosine {cosine.min():.6f} over {len(cosine)} images")
+    check("descriptors (strict fp32)", cosine.min() > 0.9999,
+          f"min cosine {cosine.min():.6f} over {len(cosine)} images")
     print(f"info descriptors with default TF32 convolutions: min cosine {(cpu * default).sum(1).min():.6f}")
 
     X_cpu = torch.from_numpy(cpu)
@@ -75,8 +76,8 @@ def main():
     generator = torch.Generator().manual_seed(1)
     distractors = torch.nn.functional.normalize(torch.randn(50_000, X_cpu.shape[1], generator=generator), dim=1)
     wanted = wanted_from_protocols(protocols(gnd))  # 4 queries, database ids
-    found_cpu = search_with_distractors(Q_cpu, X_cpu, distractors, 30, wanted)
-    found_dev = search_with_distractors(Q_dev, X_dev, distractors, 30, wanted)
+    found_cpu = search_with_r1m(Q_cpu, X_cpu, distractors, 30, wanted)
+    found_dev = search_with_r1m(Q_dev, X_dev, distractors, 30, wanted)
     same = torch.equal(found_cpu.top.cpu(), found_dev.top.cpu())
     check("+distractor search top 30", same, "identical" if same else "differs (near-ties of float32 scores?)")
     sys.exit(1 if failures else 0)

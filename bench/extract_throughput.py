@@ -24,9 +24,9 @@ import torch  # noqa: E402
 from bench.stand_ins import calibrated_resnet_state, roxford_sizes, write_jpegs  # noqa: E402
 from config import get_cfg_defaults  # noqa: E402
 from test.build import build_descriptor  # noqa: E402
-from test.extract import extract_features  # noqa: E402
-from test.images import RevisitopImages  # noqa: E402
-from test.runtime import ExtractOptions, tune_process  # noqa: E402
+from test.data.images import RevisitopImages  # noqa: E402
+from test.extraction.extract import extract_features  # noqa: E402
+from test.extraction.runtime import ExtractOptions, tune_process  # noqa: E402
 
 
 def run(descriptor, images, device, precision):

@@ -7,7 +7,7 @@ Per worker: images/s of one process running the dataset's __getitem__ in a loop,
 path (what the datasets ship now: decode + HWC->CHW) and the old float32 path (decode + numpy
 normalisation in the worker, 4x the bytes). Then through a DataLoader with W workers (IPC included).
 From the per-worker figure: the workers needed for 1,000 img/s, and what the CUDA default worker
-count (test/runtime.py) feeds on --cores cores.
+count (test/extraction/runtime.py) feeds on --cores cores.
 """
 
 import argparse
@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from bench.stand_ins import write_jpegs  # noqa: E402
-from test.images import RevisitopImages, load_image  # noqa: E402
-from test.runtime import default_workers, tune_worker  # noqa: E402
+from test.data.images import RevisitopImages, load_image  # noqa: E402
+from test.extraction.runtime import default_workers, tune_worker  # noqa: E402
 
 TARGET = 1000  # img/s: one H200 at R50, 3 scales, bf16 needs roughly 800+
 
@@ -74,7 +74,8 @@ def main():
         paths = write_jpegs(folder, [(1024, 768)] * args.images)
         datasets = {"uint8 (now)": RevisitopImages(paths), "float32 (before)": Float32Images(paths)}
         print(f"1024x768 JPEGs, {args.images} images, 1 thread per worker")
-        print("| path | img/s per worker | ms per image | " + " | ".join(f"DataLoader {w} workers img/s" for w in args.workers) + " |")
+        print("| path | img/s per worker | ms per image | "
+              + " | ".join(f"DataLoader {w} workers img/s" for w in args.workers) + " |")
         print("|---|--:|--:|" + "--:|" * len(args.workers))
         rates = {}
         for name, dataset in datasets.items():

@@ -110,7 +110,7 @@ def project_child(args):
     import torch
 
     try:
-        from test.runtime import tune_process
+        from test.extraction.runtime import tune_process
         tune_process()  # what test.py's main does first
     except ImportError:
         pass  # an older tree without it
@@ -120,8 +120,8 @@ def project_child(args):
     cfg = load_cfg_from_args(model + ["TEST.WEIGHTS", args.weights, "DEVICE", args.device])
     device = torch.device(args.device)
     try:  # this tree: one flow over dataset splits (test/pipeline.py)
+        from test.data.images import RevisitopImages
         from test.datasets import Split
-        from test.images import RevisitopImages
         from test.pipeline import build_extractor
     except ImportError:  # an older tree: build_extractor lived in test.py and took (paths, bboxes, label)
         spec = importlib.util.spec_from_file_location("test_entry", root / "test.py")
@@ -148,7 +148,8 @@ def load_model_weights(descriptor, cfg, weights):
 
 def run_side(side, paths, weights, model, device, out, root, official_workers):
     """One child run; returns its measurements."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "official" if side == "official" else "project",
+    child = "official" if side == "official" else "project"
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", child,
                "--model", model, "--device", device, "--weights", weights, "--out", out, "--root", str(root),
                "--official-workers", str(official_workers), "--paths", *paths]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

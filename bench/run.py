@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-
 # --------------------------------------------------------------------------- memory helpers
 
 def _status_kib(field):
@@ -55,13 +54,13 @@ def sync(device):
 def bench_extraction(device, depth, scale_list, batch_size, precision, n_images, size=(768, 1024)):
     """Forward passes of the descriptor as extract_features prepares it (BN folded, channels-last:
     the defaults), on random images. Page faults and CPU times are this process's (a regression of
-    the allocator fix in test/runtime.py shows as millions of minor faults)."""
+    the allocator fix in test/extraction/runtime.py shows as millions of minor faults)."""
     import resource
 
     from config import get_cfg_defaults
     from test.build import build_descriptor
-    from test.extract import autocast_context, prepared_descriptor
-    from test.runtime import ExtractOptions
+    from test.extraction.extract import autocast_context, prepared_descriptor
+    from test.extraction.runtime import ExtractOptions
 
     cfg = get_cfg_defaults()
     cfg.MODEL.DEPTH, cfg.TEST.SCALE_LIST = depth, scale_list
@@ -97,8 +96,8 @@ def bench_precision_agreement(device, n_images=4, size=(384, 512)):
 
     from config import get_cfg_defaults
     from test.build import build_descriptor
-    from test.extract import autocast_context
-    from test.synthetic import random_resnet, textured_image
+    from test.data.synthetic import random_resnet, textured_image
+    from test.extraction.extract import autocast_context
 
     descriptor = build_descriptor(get_cfg_defaults())
     descriptor.backbone.load_state_dict(random_resnet(50, seed=0).state_dict())
@@ -168,9 +167,9 @@ def bench_rerank(method, nq, n, dim, M, K, device):
 
 def bench_onemeval(sizes, device):
     try:
-        from bench.onemeval import run_benchmark
+        from bench.r1m_search import run_benchmark
     except ImportError:
-        return [{"error": "bench/onemeval.py not available"}]
+        return [{"error": "bench/r1m_search.py not available"}]
     return run_benchmark(sizes=sizes, nq=70, dim=2048, device=str(device))
 
 
@@ -197,7 +196,7 @@ def main():
     parser.add_argument("--onemeval-sizes", nargs="*", type=int, default=[200_000])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args()
-    from test.runtime import tune_process
+    from test.extraction.runtime import tune_process
     tune_process()  # as every entry point does: the allocator fix and the thread count
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from test.synthetic import random_resnet, write_checkpoint
+
+from test.data.synthetic import random_resnet, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES_DB = ROOT.parent / "shared" / "data" / "revisitop" / "roxford5k_sizes_db.txt"

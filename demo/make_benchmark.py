@@ -181,7 +181,7 @@ def make_benchmark(root, name="demo", seed=0, views_per_landmark=10, views_per_d
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="demo/data", help="revisitop root to write <name>/ into")
-    parser.add_argument("--name", default="demo", help="dataset name (registered in test/gnd.py)")
+    parser.add_argument("--name", default="demo", help="dataset name (registered in test/data/gnd.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--views", type=int, default=10, help="database views per landmark photo")
     parser.add_argument("--distractor-views", type=int, default=8, help="database views per distractor photo")

@@ -1,10 +1,10 @@
 """The CVNet-Global baseline descriptor (CVNet's own test protocol, without SuperGlobal's changes).
 
 Per scale s of [0.7071, 1, 1.4142] (the uint8 image is resized by cv2 in the loader,
-test/cvnet_images.py): plain CVNet ResNet (no ReLU+, no stage-1 clamp) -> conv5 map -> GeM with the
+test/extraction/cvnet_global_loop.py): plain CVNet ResNet (no ReLU+, no stage-1 clamp) -> conv5 map -> GeM with the
 learned power (``head.pool.p``) -> ``head.fc`` (no L2 before it) -> L2-normalise (CVNet's
 ``extract_global_descriptor``) -> L2-normalise again (its ``extract_feature`` loop). Then the mean
-over scales, L2-normalised (``combine_scales``). The extraction loop is test/cvnet_global.py.
+over scales, L2-normalised (``combine_scales``). The extraction loop is test/extraction/cvnet_global_loop.py.
 """
 
 import torch

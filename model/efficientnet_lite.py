@@ -18,7 +18,7 @@ Parameter names are those of efficientnet_pytorch (`_conv_stem`, `_bn0`, `_block
 loads as it is. BN eps is 1e-3 (efficientnet_pytorch / TensorFlow). Strided convolutions use
 TensorFlow "SAME" padding as efficientnet_pytorch does (total pad max((ceil(n/s)-1)*s + k - n, 0),
 the odd pixel after), stride-1 ones the symmetric (k-1)//2 that this amounts to. The mapping is
-checked by the ImageNet class of skimage's `chelsea` in tests/test_demo.py.
+checked by the ImageNet class of skimage's `chelsea` in tests/scripts/test_demo.py.
 
 Input: RGB in about [-1, 1], as the Lite weights were trained ((x - 127) / 128 in TF; mean 0.498 /
 std 0.502 of x / 255 here). The backbone registry states it (model/registry.py LITE_INPUT), and the
@@ -34,9 +34,8 @@ pooled 1280-d vector, L2-normalised. MODEL.HEADS.REDUCTION_DIM does not apply to
 """
 
 import importlib.util
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch.nn as nn
 import torch.nn.functional as F

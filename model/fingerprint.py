@@ -9,6 +9,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+
 def file_sha256(path):
     """Hex sha256 of a file, read in 4 MB blocks."""
     digest = hashlib.sha256()

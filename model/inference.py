@@ -6,8 +6,7 @@
   weights are the exact values rounded once; the BN becomes an Identity.
 - channels-last memory format (NHWC), faster for these convolutions on CPU (oneDNN) and CUDA.
 
-Measured on the 2-core CPU (R50, 3 scales, 768x1024): eager 2.1 s per image, channels-last 1.9 s,
-folded + channels-last 1.6-1.7 s; cosine to the eager features 1 - 1e-12.
+Features stay those of the eager modules to float rounding; the measured speed is in docs/speed.md.
 """
 
 import torch

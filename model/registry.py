@@ -11,16 +11,19 @@ backbone module exposes (model/backbone.py), in the style of timm,
     forward_head(pooled)     -> descriptor (B, D)
 
 so SuperGlobal's pooling plugs in between without reaching into the module. A new backbone is one
-``register(...)`` call here.
+``register(BackboneEntry(...))`` call here, with functions that follow BackboneEntry's contract.
 """
 
 from dataclasses import dataclass
 from typing import Callable
 
+import torch.nn as nn
+
 from errors import UserError
 from model.backbone import CVNET_INPUT, InputNorm
 from model.checkpoint import load_weights as load_cvnet_weights
-from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0, load_lite0_weights
+from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM
+from model.efficientnet_lite import EfficientNetLite0, load_lite0_weights
 from model.resnet import ResNet
 
 # EfficientNet-Lite (TensorFlow's (x - 127) / 128, ~[-1, 1], RGB).
@@ -28,12 +31,30 @@ LITE_INPUT = InputNorm((0.498, 0.498, 0.498), (0.502, 0.502, 0.502), rgb=True)
 
 
 @dataclass(frozen=True)
+class BackboneOptions:
+    """What a run asks of a backbone. Every builder takes these, by name, and reads the ones that
+    apply to it (a backbone without a depth choice or a configurable head ignores those)."""
+    depth: int = 50
+    reduction_dim: int = 2048
+    relup: bool = False
+    relup_alpha: float = 0.014
+    relup_stage1_quirk: bool = False
+
+
+@dataclass(frozen=True)
 class BackboneEntry:
+    """One backbone. The builder contract, as detectron2's BACKBONE_REGISTRY and timm's entry points:
+
+    build(options: BackboneOptions) -> nn.Module        untrained, exposing model/backbone.py's methods
+    load_weights(module, weights, options) -> Path      the file loaded; UserError when it does not fit
+    dim(options) -> int                                 descriptor width
+    tag(options) -> str                                 short name for file names (RN50, LITE0)
+    """
     name: str
-    build: Callable       # (depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk) -> nn.Module
-    load_weights: Callable  # (module, weights path or dir, depth) -> the file loaded (Path)
-    dim: Callable         # reduction_dim -> descriptor width
-    tag: Callable         # depth -> short name for file names (RN50, LITE0)
+    build: Callable[[BackboneOptions], nn.Module]
+    load_weights: Callable
+    dim: Callable[[BackboneOptions], int]
+    tag: Callable[[BackboneOptions], str]
     input_norm: InputNorm = CVNET_INPUT
     depths: tuple = ()    # the depths it accepts (empty: depth is ignored)
 
@@ -52,22 +73,29 @@ def get_backbone(name: str) -> BackboneEntry:
     return BACKBONES[name]
 
 
+def _build_resnet(options: BackboneOptions) -> nn.Module:
+    return ResNet(options.depth, options.reduction_dim, relup=options.relup, relup_alpha=options.relup_alpha,
+                  stage1_quirk=options.relup_stage1_quirk)
+
+
+def _build_lite0(options: BackboneOptions) -> nn.Module:
+    return EfficientNetLite0(relup=options.relup, relup_alpha=options.relup_alpha)
+
+
 register(BackboneEntry(
     name="RESNET",
-    build=lambda depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk: ResNet(
-        depth, reduction_dim, relup=relup, relup_alpha=relup_alpha, stage1_quirk=relup_stage1_quirk),
-    load_weights=lambda module, weights, depth: load_cvnet_weights(module, weights, depth),
-    dim=lambda reduction_dim: reduction_dim,
-    tag=lambda depth: f"RN{depth}",
+    build=_build_resnet,
+    load_weights=lambda module, weights, options: load_cvnet_weights(module, weights, options.depth),
+    dim=lambda options: options.reduction_dim,
+    tag=lambda options: f"RN{options.depth}",
     depths=(50, 101),
 ))
 
 register(BackboneEntry(
     name="EFFICIENTNET_LITE0",
-    build=lambda depth, reduction_dim, relup, relup_alpha, relup_stage1_quirk: EfficientNetLite0(
-        relup=relup, relup_alpha=relup_alpha),
-    load_weights=lambda module, weights, depth: load_lite0_weights(module, weights),
-    dim=lambda reduction_dim: LITE0_DIM,
-    tag=lambda depth: "LITE0",
+    build=_build_lite0,
+    load_weights=lambda module, weights, options: load_lite0_weights(module, weights),
+    dim=lambda options: LITE0_DIM,
+    tag=lambda options: "LITE0",
     input_norm=LITE_INPUT,
 ))

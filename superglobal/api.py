@@ -1,7 +1,7 @@
 """Build a SuperGlobal descriptor with its weights and embed image files or tensors.
 
 A thin layer over what test.py runs (config validation, test.build.load_descriptor, the
-CVNet / Lite0 weight loaders, test.images, test.extract), so an embedding here equals test.py's
+CVNet / Lite0 weight loaders, test.data.images, test.extraction.extract), so an embedding here equals test.py's
 feature for the same image, box and settings. Mistakes raise errors.UserError with the fix.
 """
 
@@ -9,10 +9,11 @@ import torch
 
 from config import load_cfg_from_args
 from errors import UserError
-from test.build import descriptor_dim, load_descriptor as load_network
-from test.extract import autocast_context, extract_features
-from test.images import RevisitopImages, load_image
-from test.runtime import options_from_cfg
+from test.build import descriptor_dim
+from test.build import load_descriptor as load_network
+from test.data.images import RevisitopImages, load_image
+from test.extraction.extract import autocast_context, extract_features
+from test.extraction.runtime import options_from_cfg
 
 BACKBONES = {"resnet": "RESNET", "lite0": "EFFICIENTNET_LITE0"}
 

@@ -5,7 +5,7 @@ keys; model/ itself never sees a config."""
 from config import scales_of
 from model.cvnet_global import build_cvnet_global
 from model.fingerprint import weights_sha256
-from model.registry import get_backbone
+from model.registry import BackboneOptions, get_backbone
 from model.superglobal import SuperGlobalDescriptor
 
 FEATURE_KEYS = ("gemp", "rgem", "sgem", "relup", "gemp_p", "rgem_p", "rgem_size", "relup_alpha",
@@ -16,9 +16,16 @@ def backbone_of(cfg):
     return get_backbone(cfg.MODEL.TYPE)
 
 
+def backbone_options(cfg) -> BackboneOptions:
+    """The registry's builder arguments, from MODEL.* and the SupG ReLU+ keys."""
+    supg = cfg.SupG
+    return BackboneOptions(depth=cfg.MODEL.DEPTH, reduction_dim=cfg.MODEL.HEADS.REDUCTION_DIM, relup=supg.relup,
+                           relup_alpha=supg.relup_alpha, relup_stage1_quirk=supg.relup_stage1_quirk)
+
+
 def backbone_tag(cfg):
     """Short name of the backbone cfg describes, for file names: RN50, RN101 or LITE0."""
-    return backbone_of(cfg).tag(cfg.MODEL.DEPTH)
+    return backbone_of(cfg).tag(backbone_options(cfg))
 
 
 def default_distractors_path(cfg):
@@ -28,14 +35,12 @@ def default_distractors_path(cfg):
 
 def descriptor_dim(cfg):
     """Length of the global descriptor cfg describes."""
-    return backbone_of(cfg).dim(cfg.MODEL.HEADS.REDUCTION_DIM)
+    return backbone_of(cfg).dim(backbone_options(cfg))
 
 
 def build_backbone(cfg):
     """The backbone of cfg.MODEL.TYPE with cfg's ReLU+ settings, untrained."""
-    supg = cfg.SupG
-    return backbone_of(cfg).build(cfg.MODEL.DEPTH, cfg.MODEL.HEADS.REDUCTION_DIM, supg.relup,
-                                  supg.relup_alpha, supg.relup_stage1_quirk)
+    return backbone_of(cfg).build(backbone_options(cfg))
 
 
 def build_descriptor(cfg):
@@ -49,7 +54,7 @@ def build_descriptor(cfg):
 
 def load_backbone_weights(cfg, backbone):
     """Load TEST.WEIGHTS into `backbone` the way its registry entry says; returns the file loaded."""
-    return backbone_of(cfg).load_weights(backbone, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    return backbone_of(cfg).load_weights(backbone, cfg.TEST.WEIGHTS, backbone_options(cfg))
 
 
 def load_descriptor(cfg):

@@ -16,12 +16,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from errors import UserError
-from test.custom_dataset import load_dataset_entry
-from test.evaluate import evaluate_revisitop, format_results
-from test.gldv2 import MAX_PREDICTIONS, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
-from test.gnd import Gnd, protocols
-from test.images import RevisitopImages, require_images
-from test.writer import register_input
+from test.data.custom import load_dataset_entry
+from test.data.gldv2 import MAX_PREDICTIONS, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
+from test.data.gnd import Gnd, protocols
+from test.data.images import RevisitopImages, require_images
+from test.outputs.writer import register_input
+from test.retrieval.evaluate import evaluate_revisitop, format_results
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,14 @@ from config import scales_of
 from errors import UserError
 from modules.reranking import rerank
 from test.build import load_descriptor
-from test.cvnet_global import extract_cvnet_global
-from test.extract import extract_features
-from test.provenance import Timings
-from test.runtime import options_from_cfg, workers_for
-from test.search import rank_by_similarity, top_by_similarity
-from test.search_1m import (evaluate_from_search, rerank_top, search_with_distractors, top_ranks,
-                            wanted_from_protocols)
-from test.visualize import write_pictures
-from test.writer import save_npz
+from test.extraction.cvnet_global_loop import extract_cvnet_global
+from test.extraction.extract import extract_features
+from test.extraction.runtime import options_from_cfg, workers_for
+from test.outputs.pictures import write_pictures
+from test.outputs.provenance import Timings
+from test.outputs.writer import save_npz
+from test.r1m.search import evaluate_from_search, rerank_top, search_with_r1m, top_ranks, wanted_from_protocols
+from test.retrieval.similarity import rank_by_similarity, top_by_similarity
 
 
 def method_name(cfg) -> str:
@@ -80,7 +79,7 @@ def search(cfg, dataset, Q, X, distractors, timings):
     if distractors is not None:
         keep = max(cfg.TEST.TOPK, cfg.SupG.M)
         with timings("search"):
-            found = search_with_distractors(Q, X, distractors, keep, wanted_from_protocols(dataset.protocols))
+            found = search_with_r1m(Q, X, distractors, keep, wanted_from_protocols(dataset.protocols))
         reranked = None
         if cfg.SupG.rerank:
             with timings("rerank"):

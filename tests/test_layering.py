@@ -1,6 +1,9 @@
 """The layering holds: modules/ -> torch only; model/ -> modules/ (and the leaf errors.py), never
 config or test/; test/ -> model/, modules/, config; nothing outside tests/ imports tests/; entry
-points are not imported by library code. Checked on the source (AST), so lazy imports count too."""
+points are not imported by library code. Inside test/, the subpackages form layers (SUBPACKAGES):
+the writer, run log and provenance at the bottom, then data/, then extraction/ and retrieval/ side
+by side, then r1m/; only the top-level modules (build, datasets, pipeline) combine them. Checked on
+the source (AST), so lazy imports count too."""
 
 import ast
 import sys
@@ -20,6 +23,34 @@ ALLOWED = {
     "test": {"test", "model", "modules", "errors", "config", "torch", "numpy", "cv2", "yaml", "tqdm",
              "matplotlib", "PIL"},
 }
+
+
+# What each subpackage of test/ may import from test/ (besides itself).
+SUBPACKAGES = {
+    "outputs": {"data", "retrieval"},  # pictures.py reads images and APs; the writer level imports nothing
+    "data": {"outputs"},
+    "extraction": {"data", "outputs"},
+    "retrieval": {"data", "outputs"},
+    "r1m": {"data", "extraction", "retrieval", "outputs"},
+}
+WRITER_LEVEL = ("test/outputs/writer.py", "test/outputs/run_log.py", "test/outputs/provenance.py")
+
+
+def imported_modules(path):
+    """Full dotted names of every absolute import in `path`."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module)
+    return names
+
+
+def subpackages_imported(path):
+    """The test.<subpackage> names `path` imports (top-level modules of test/ count as 'top')."""
+    parts = [name.split(".") for name in imported_modules(path) if name.startswith("test.")]
+    return {p[1] if (ROOT / "test" / p[1]).is_dir() else "top" for p in parts}
 
 
 def imported_names(path):
@@ -71,9 +102,30 @@ def test_test_modules_do_not_import_each_other():
     """Shared fixtures live in conftest.py, shared helpers in non-test modules, and independent
     transcriptions in tests/reference/."""
     offenders = {}
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.test_"):
                 offenders.setdefault(path.name, []).append(node.module)
     assert offenders == {}
+
+
+@pytest.mark.parametrize("package", sorted(SUBPACKAGES))
+def test_subpackages_of_test_keep_their_layers(package):
+    files = sources(f"test/{package}")
+    assert len(files) > 1, f"no modules in test/{package}/"
+    wrong = {str(f.relative_to(ROOT)): sorted(subpackages_imported(f) - SUBPACKAGES[package] - {package})
+             for f in files}
+    assert not {f: names for f, names in wrong.items() if names}
+
+
+def test_writer_log_and_provenance_import_nothing_from_test():
+    assert {name: sorted(subpackages_imported(ROOT / name)) for name in WRITER_LEVEL
+            if subpackages_imported(ROOT / name) - {"outputs"}} == {}
+
+
+def test_no_subpackage_folder_is_crowded():
+    """A folder of test/ holds at most 8 modules, so its name still says what is inside."""
+    crowded = {str(d.relative_to(ROOT)): n for d in [ROOT / "test", *(ROOT / "test").iterdir()] if d.is_dir()
+               for n in [len([p for p in d.glob("*.py") if p.name != "__init__.py"])] if n > 8}
+    assert crowded == {}

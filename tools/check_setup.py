@@ -19,10 +19,10 @@ from config import load_cfg_from_args  # noqa: E402
 from errors import UserError  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
-from test.custom_dataset import load_dataset_entry  # noqa: E402
-from test.distractors import load_distractors  # noqa: E402
-from test.gldv2 import load_gldv2  # noqa: E402
-from test.images import require_images  # noqa: E402
+from test.data.custom import load_dataset_entry  # noqa: E402
+from test.data.gldv2 import load_gldv2  # noqa: E402
+from test.data.images import require_images  # noqa: E402
+from test.r1m.features import load_r1m_features  # noqa: E402
 
 
 class Report:
@@ -96,7 +96,7 @@ def check_distractors(report, cfg, weights):
     path = cfg.SupG.distractors_path or default_distractors_path(cfg)
     fingerprint = descriptor_fingerprint(cfg, weights) if weights is not None else None
     try:
-        _, info = load_distractors(path, expected_fingerprint=fingerprint, check=cfg.SupG.distractors_check,
+        _, info = load_r1m_features(path, expected_fingerprint=fingerprint, check=cfg.SupG.distractors_check,
                                    dim=descriptor_dim(cfg))
     except UserError as error:
         report.problem("distractors", error)
@@ -105,6 +105,7 @@ def check_distractors(report, cfg, weights):
 
 
 def check_setup(cfg):
+    """Run every check for `cfg` and return the report (one row per check, the problems found)."""
     report = Report()
     for entry in cfg.TEST.DATASET_LIST:
         check_dataset(report, cfg, entry)
@@ -115,6 +116,7 @@ def check_setup(cfg):
 
 
 def main(argv=None):
+    """Command-line entry point of check_setup.py; returns 0 when all is ready, else 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip())

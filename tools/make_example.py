@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test.synthetic import write_checkpoint, write_revisitop  # noqa: E402
+from test.data.synthetic import write_checkpoint, write_revisitop  # noqa: E402
 
 
 def main():
+    """Write the example's weights and datasets into the folder given on the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="where to write weights/ and revisitop/")
     parser.add_argument("--db", type=int, default=24, help="database images per dataset")
