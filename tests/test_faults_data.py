@@ -39,6 +39,22 @@ def test_rank_arrays_with_repeated_or_out_of_range_indices_are_refused(features,
     assert not (features / "top.npy").exists()
 
 
+def test_ranks_shorter_than_m_are_refused_not_shortened(tmp_path):
+    """A top-3 --ranks with --M 5 would rerank 3 items, not 5: stopped naming both fixes; --M 3 runs."""
+    rng = np.random.default_rng(0)
+    Q, X = rng.standard_normal((3, 8)), rng.standard_normal((10, 8))
+    Q, X = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (Q, X))
+    np.save(tmp_path / "Q.npy", Q.astype(np.float32))
+    np.save(tmp_path / "X.npy", X.astype(np.float32))
+    np.save(tmp_path / "R.npy", np.argsort(-X @ Q.T, axis=0)[:3])
+    args = ("--query", "Q.npy", "--db", "X.npy", "--ranks", "R.npy", "--K", 1, "--out", "top.npy")
+    done = rerank_features(*args, "--M", 5, cwd=tmp_path)
+    error_line(done, "--ranks has 3 positions per query but --M is 5", "--M 3")
+    assert not (tmp_path / "top.npy").exists()
+    assert rerank_features(*args, "--M", 3, cwd=tmp_path).returncode == 0
+    assert np.load(tmp_path / "top.npy").shape == (3, 3)
+
+
 def big_png(width, height):
     """A PNG whose header claims width x height pixels (the data is tiny)."""
     def chunk(kind, data):
