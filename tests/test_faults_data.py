@@ -1,5 +1,6 @@
 """Invalid data never becomes a number or a traceback: through the entry points."""
 
+import pickle
 import struct
 import subprocess
 import sys
@@ -53,6 +54,13 @@ def test_ranks_shorter_than_m_are_refused_not_shortened(tmp_path):
     assert not (tmp_path / "top.npy").exists()
     assert rerank_features(*args, "--M", 3, cwd=tmp_path).returncode == 0
     assert np.load(tmp_path / "top.npy").shape == (3, 3)
+    gnd = {"imlist": [f"d{i}" for i in range(10)], "qimlist": ["q0", "q1", "q2"],
+           "gnd": [{"bbx": [0, 0, 1, 1], "easy": [0], "hard": [1], "junk": []}] * 3}
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    sweep = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--query", "Q.npy", "--db", "X.npy", "--ranks",
+                            "R.npy", "--gnd", "gnd.pkl", "--M", "2,5", "--K", "1", "--out-dir", "sweep"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    error_line(sweep, "--ranks has 3 positions per query but the largest --M is 5", "--M values up to 3")
 
 
 def big_png(width, height):
