@@ -121,6 +121,10 @@ def run_method(method, Q, X, initial, args):
     if method == "none":
         return initial
     if method == "supg":
+        if initial.shape[0] < min(args.M, X.shape[0]):
+            raise UserError(f"--ranks has {initial.shape[0]} positions per query but --M is {args.M} (the database "
+                            f"has {X.shape[0]} items): give the top M or more, or --M {initial.shape[0]} to rerank "
+                            "only those")
         return rerank(Q, X, initial, M=args.M, K=args.K, beta=args.beta, columns_are_queries=True)
     if method == "aqe":
         return qe_ranks(Q, X, initial, args.qe_n, args.qe_alpha, not args.qe_exclude_query)

@@ -139,6 +139,10 @@ def run(args):
     Qt, Xt = torch.from_numpy(Q), torch.from_numpy(X)
     initial = rank_by_similarity(Xt, Qt) if ranks is None else torch.from_numpy(ranks)
     Ms, Ks, betas = args.grid
+    if initial.shape[0] < min(max(Ms), X.shape[0]):
+        raise UserError(f"--ranks has {initial.shape[0]} positions per query but the largest --M is {max(Ms)} (the "
+                        f"database has {X.shape[0]} items): give the top {max(Ms)} or more, or --M values up to "
+                        f"{initial.shape[0]}")
     print(f"features: {Q.shape[0]} queries, {X.shape[0]} database, D={Q.shape[1]}; initial ranking: "
           f"{'given' if ranks is not None else 'X Q^T'} ({initial.shape[0]} rows); "
           f"{len(Ms) * len(Ks) * len(betas)} settings", flush=True)

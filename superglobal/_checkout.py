@@ -64,3 +64,12 @@ def bind_project_modules():
                           f"{'the imported' if loaded is not None else 'the importable'} {name!r} is "
                           f"{found or 'a built-in module'}: rename that one, or import superglobal from "
                           "another working directory")
+
+
+def require_opencv():
+    """OpenCV is not a declared dependency (opencv-python and opencv-python-headless both provide
+    `cv2` and overwrite each other's files, so requiring one would break an environment with the
+    other): without either, stop here with the fix instead of deep inside an image read."""
+    if importlib.util.find_spec("cv2") is None:
+        raise ImportError("superglobal needs OpenCV (the module cv2), which is not installed: "
+                          "pip install opencv-python-headless (or opencv-python, for its GUI functions)")

@@ -14,7 +14,13 @@ For query q with current top m = min(M, N') database items T (descriptors x_i, i
 Rows m.. of the ranking are left as they were. Sorts are stable, so ties keep the current order.
 
 Orientation: ``ranks`` is N' x nq (revisitop's): column j is query j's ranking of the database,
-best first. faiss' ``index.search`` returns I as nq x k: convert it with :func:`ranks_from_topk`.
+best first. faiss' ``index.search`` returns I as nq x k: convert it with :func:`ranks_from_topk`, or
+call :func:`rerank_topk`, which takes and returns the faiss orientation and also accepts the
+candidates' own vectors (nq x k x D) when the whole database X is not at hand.
+
+Length: the top m = min(M, N) is reranked, N = the database size. ``ranks`` with fewer rows than
+that (a top-k search with k < M) is refused rather than reranking fewer items than asked: search
+with k >= M, or pass M = k to rerank the top k.
 
 Speed: d is linear in the neighbour weights, so q . d_i = sum_j w_ij (q . x_{n_i(j)}): S1 and S2
 need only X_T q and X_T q' (c x m) instead of every d_i (c x m x D); d is only formed for the k
@@ -79,6 +85,68 @@ def ranks_from_topk(I):
         raise ValueError('I holds negative indices (faiss writes -1 when it found fewer than k results): '
                          'search with a smaller k or drop those columns')
     return I.T.copy() if _is_numpy(I) else I.T.contiguous()
+
+
+def rerank_topk(Q, I, vectors, K=9, beta=0.15, chunk_size=None):
+    """Rerank every query's k candidates, in faiss' orientation: (ids, scores), both nq x k.
+
+    Q: queries (nq x D). I: candidate database ids (nq x k, row j = query j's top k, best first, as
+    faiss' ``index.search(Q, k)`` returns them; every id >= 0). ``vectors``: the candidates' own
+    descriptors, nq x k x D (``vectors[j, i]`` belongs to ``I[j, i]``; faiss:
+    ``index.search_and_reconstruct(Q, k)``), or an N x D table that ``I`` indexes (the database X).
+    All k candidates are reranked, so M = k: search with k = M (400 in the paper).
+
+    Returns ids (nq x k, int64: I's ids in the new order) and scores (nq x k, float32 or wider: the
+    (S1 + S2) / 2 values that order is sorted by, non-increasing along each row). With the table X,
+    ids equal ``rerank(Q, X, ranks_from_topk(I), M=k).T``. Same kind (numpy / torch) as given.
+    """
+    as_numpy, (Q, vectors, I) = as_tensors(Q, vectors, I, names=('Q', 'vectors', 'I'))
+    ranks_from_topk(I)  # checks I: 2-D, integer, no -1 padding
+    if isinstance(vectors, torch.Tensor) and vectors.dim() == 2:
+        new, scores = rerank(Q, vectors, ranks_from_topk(I), M=max(I.shape[1], 1), K=K, beta=beta,
+                             chunk_size=chunk_size, return_scores=True, columns_are_queries=True)
+        outputs = (new.T.contiguous(), scores.T.contiguous())
+    else:
+        outputs = rerank_own_vectors(Q, I, vectors, K, beta, chunk_size)
+    return tuple(t.numpy() for t in outputs) if as_numpy else outputs
+
+
+def rerank_own_vectors(Q, I, vectors, K, beta, chunk_size):
+    """:func:`rerank_topk` with the candidates' vectors (nq x k x D): the same stages as
+    :func:`rerank`, on each query's own x_top instead of rows gathered from X."""
+    check_candidates(Q, I, vectors)
+    nq, k = I.shape
+    check_settings(max(k, 1), K, beta, chunk_size)
+    I = I.to(device=vectors.device, dtype=torch.long)
+    dtype = compute_dtype(Q, vectors)
+    ids, scores = torch.empty_like(I), torch.empty(nq, k, dtype=dtype, device=vectors.device)
+    if k == 0:
+        return ids, scores
+    chunk = chunk_size or auto_chunk_size(k, vectors.shape[2], K, dtype, vectors.device)
+    grams = torch.empty(min(chunk, nq), k, k, dtype=dtype, device=vectors.device)
+    for start in range(0, nq, chunk):
+        x_top = vectors[start:start + chunk].to(dtype).contiguous()
+        neighbours, weights = augmentation_neighbours(x_top, K, beta, grams[:len(x_top)])
+        q = Q[start:start + chunk].to(dtype)
+        ids[start:start + chunk], scores[start:start + chunk] = rerank_block(
+            I[start:start + chunk], q, x_top, neighbours, weights)
+    return ids, scores
+
+
+def check_candidates(Q, I, vectors):
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() != 3 or not vectors.is_floating_point():
+        raise ValueError('vectors must be a floating-point torch tensor or numpy array: nq x k x D (each '
+                         "candidate's descriptor) or N x D (the database that I indexes)")
+    if tuple(vectors.shape[:2]) != tuple(I.shape):
+        raise ValueError(f'vectors ({tuple(vectors.shape)}) must be nq x k x D with I ({tuple(I.shape)}) = nq x k')
+    if not isinstance(Q, torch.Tensor) or Q.dim() != 2 or not Q.is_floating_point():
+        raise ValueError('Q must be a 2-D floating-point torch tensor or numpy array (rows = descriptors)')
+    if Q.shape[0] != I.shape[0]:
+        raise ValueError(f'I must have one row per query: {I.shape[0]} rows for {Q.shape[0]} queries')
+    if Q.shape[1] != vectors.shape[2]:
+        raise ValueError(f'Q and vectors must have the same descriptor size, got {Q.shape[1]} and {vectors.shape[2]}')
+    if Q.device != vectors.device:
+        raise ValueError(f'Q and vectors must be on the same device, got {Q.device} and {vectors.device}')
 
 
 def rerank_block(top, q, x_top, neighbours, weights, q_raw=None):
@@ -229,16 +297,17 @@ class ChunkBuffers:
         return self.grams[:c]
 
 
-def as_tensors(Q, X, ranks):
+def as_tensors(Q, X, ranks, names=('Q', 'X', 'ranks')):
     """(True when the inputs are numpy arrays, (Q, X, ranks) as tensors). numpy arrays are wrapped
-    without a copy when they can be; each must be of the right kind to be converted at all."""
+    without a copy when they can be; each must be of the right kind to be converted at all.
+    ``names``: the caller's names of the three arguments, for the messages."""
     kinds = [_is_numpy(a) for a in (Q, X, ranks)]
     if not any(kinds):
         return False, (Q, X, ranks)
     if not all(kinds):
-        raise ValueError('Q, X and ranks must be all torch tensors or all numpy arrays, got '
+        raise ValueError(f'{names[0]}, {names[1]} and {names[2]} must be all torch tensors or all numpy arrays, got '
                          + ', '.join(type(a).__name__ for a in (Q, X, ranks)))
-    for name, a, wanted in (('Q', Q, 'f'), ('X', X, 'f'), ('ranks', ranks, 'iu')):
+    for name, a, wanted in zip(names, (Q, X, ranks), ('f', 'f', 'iu')):
         if a.dtype.kind not in wanted:
             what = 'floating-point' if wanted == 'f' else 'integer'
             raise ValueError(f'{name} must be a 2-D {what} torch tensor or numpy array, got dtype {a.dtype}')
@@ -263,6 +332,14 @@ def check_arguments(Q, X, ranks, M, K, beta, chunk_size, columns_are_queries=Tru
     check_orientation(tuple(ranks.shape), Q.shape[0], columns_are_queries)
     if ranks.shape[0] > X.shape[0]:
         raise ValueError(f'ranks has {ranks.shape[0]} rows but X only {X.shape[0]} descriptors')
+    check_settings(M, K, beta, chunk_size)
+    check_length(ranks.shape[0], M, X.shape[0])
+    top = ranks[:M]
+    if top.numel() and (top.min() < 0 or top.max() >= X.shape[0]):
+        raise ValueError(f'ranks must hold database indices in [0, {X.shape[0]})')
+
+
+def check_settings(M, K, beta, chunk_size):
     if not _is_int(M) or M < 1:
         raise ValueError(f'M must be an integer >= 1, got {M!r}')
     if not _is_int(K) or K < 0:
@@ -271,9 +348,14 @@ def check_arguments(Q, X, ranks, M, K, beta, chunk_size, columns_are_queries=Tru
         raise ValueError(f'beta must be a finite number >= 0, got {beta!r}')
     if chunk_size is not None and (not _is_int(chunk_size) or chunk_size < 1):
         raise ValueError(f'chunk_size must be None or an integer >= 1, got {chunk_size!r}')
-    top = ranks[:M]
-    if top.numel() and (top.min() < 0 or top.max() >= X.shape[0]):
-        raise ValueError(f'ranks must hold database indices in [0, {X.shape[0]})')
+
+
+def check_length(rows, M, n_db):
+    """The top min(M, N) must be ranked: fewer rows would silently rerank fewer items than M."""
+    if rows < min(M, n_db):
+        raise ValueError(f"ranks has {rows} rows (positions per query) but M={M} and the database has {n_db} "
+                         "items: search with k >= M (faiss: index.search(Q, M))"
+                         + (f", or pass M={rows} to rerank the top {rows} only" if rows else ""))
 
 
 def check_orientation(shape, nq, columns_are_queries):

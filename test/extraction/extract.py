@@ -108,13 +108,13 @@ def prepared_descriptor(descriptor, options):
 
 
 def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, precision="fp32",
-                     desc="extract", options=None, norm=None):
+                     desc="extract", options=None, norm=None, progress=True):
     """Run `descriptor` over every image of `dataset` ((index, CHW tensor) items): (len, D) float32.
 
     uint8 images (BGR) are normalised as `norm` (model/backbone.py InputNorm) says; default: the
     descriptor's own `input_norm`, else CVNet's. `batch_size` and
     `num_workers` override `options` (ExtractOptions) when given (> 0, >= 0); "auto" values are
-    decided for `device` (test/extraction/runtime.py)."""
+    decided for `device` (test/extraction/runtime.py). `progress=False` turns the tqdm bar off."""
     device = torch.device(device)
     options = replace(options or ExtractOptions(), **({"batch_size": batch_size} if batch_size > 0 else {}),
                       **({"num_workers": num_workers} if num_workers >= 0 else {})).resolve(device)
@@ -146,7 +146,7 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
         features[indices] = out
         bar.update(len(indices))
 
-    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
+    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
         with warnings.catch_warnings():  # pinning asked for without an accelerator: torch skips it
             warnings.filterwarnings("ignore", message=".*pin_memory.*")
             items = iter(loader)

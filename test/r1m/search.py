@@ -378,7 +378,7 @@ def rerank_top(Q, X, distractors, result: SearchResult, M=400, K=9, beta=0.15, q
         block = top[:m, start:start + query_chunk]                             # m x g
         ids, local = torch.unique(block, sorted=True, return_inverse=True)
         rows = gather_rows(X, distractors, ids).to(Q.device)
-        new_local = rerank(Q[start:start + query_chunk], rows, local.to(Q.device), M=M, K=K, beta=beta,
+        new_local = rerank(Q[start:start + query_chunk], rows, local.to(Q.device), M=m, K=K, beta=beta,
                            columns_are_queries=True)
         out[:, start:start + query_chunk] = ids[new_local.cpu()]
     return out

@@ -190,3 +190,25 @@ def test_rank_arrays_with_repeated_or_out_of_range_indices_are_refused(tiny_feat
                  "--K", "1", "--out", "top.npy", cwd=tiny_features)
     error_line(done, "ranks", fragment)
     assert not (tiny_features / "top.npy").exists()
+
+
+def test_ranks_shorter_than_m_are_refused_not_shortened(tmp_path, entry):
+    """A top-3 --ranks with --M 5 would rerank 3 items, not 5: stopped naming both fixes; --M 3 runs."""
+    rng = np.random.default_rng(0)
+    Q, X = rng.standard_normal((3, 8)), rng.standard_normal((10, 8))
+    Q, X = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (Q, X))
+    np.save(tmp_path / "Q.npy", Q.astype(np.float32))
+    np.save(tmp_path / "X.npy", X.astype(np.float32))
+    np.save(tmp_path / "R.npy", np.argsort(-X @ Q.T, axis=0)[:3])
+    args = ("--query", "Q.npy", "--db", "X.npy", "--ranks", "R.npy", "--K", 1, "--out", "top.npy")
+    done = entry("rerank_features.py", *args, "--M", 5, cwd=tmp_path)
+    error_line(done, "--ranks has 3 positions per query but --M is 5", "--M 3")
+    assert not (tmp_path / "top.npy").exists()
+    assert entry("rerank_features.py", *args, "--M", 3, cwd=tmp_path).returncode == 0
+    assert np.load(tmp_path / "top.npy").shape == (3, 3)
+    gnd = {"imlist": [f"d{i}" for i in range(10)], "qimlist": ["q0", "q1", "q2"],
+           "gnd": [{"bbx": [0, 0, 1, 1], "easy": [0], "hard": [1], "junk": []}] * 3}
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(gnd))
+    sweep = entry("sweep.py", "--query", "Q.npy", "--db", "X.npy", "--ranks", "R.npy", "--gnd", "gnd.pkl",
+                  "--M", "2,5", "--K", "1", "--out-dir", "sweep", cwd=tmp_path)
+    error_line(sweep, "--ranks has 3 positions per query but the largest --M is 5", "--M values up to 3")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.rerank_baseline import rerank_loop, rerank_official
-from modules.reranking import MDescAug, RerankwMDA, ranks_from_topk, rerank
+from modules.reranking import MDescAug, RerankwMDA, ranks_from_topk, rerank, rerank_topk
 from modules.reranking.rerank import top_entries
 
 
@@ -23,7 +23,7 @@ CASES = {  # name: (data, rows of ranks kept, rerank kwargs)
     'N>M': (dict(), None, dict(M=50)),
     'N<M': (dict(N=40), None, dict(M=100)),
     "N'<N": (dict(), 120, dict(M=50)),
-    "N'<M": (dict(), 30, dict(M=50)),
+    "N'=M<N": (dict(), 30, dict(M=30)),
     'K=0': (dict(), None, dict(M=50, K=0)),
     'M=1': (dict(), None, dict(M=1)),
     'M<K+1': (dict(), None, dict(M=6, K=9)),
@@ -117,7 +117,7 @@ def test_wrappers_reproduce_rerank_and_official_outputs():
     assert torch.equal(stacked, out)
 
 
-@pytest.mark.parametrize('name', ['N>M', "N'<M", 'K=0', 'M=1'])
+@pytest.mark.parametrize('name', ['N>M', "N'=M<N", 'K=0', 'M=1'])
 def test_official_transcription_equals_loop(name):
     Q, X, ranks, kwargs = case(name)
     kwargs.pop('chunk_size', None)
@@ -189,8 +189,18 @@ def test_numpy_scores_and_empty_top():
     Q, X, ranks = make_data(nq=3, dtype=torch.float32)
     new, scores = rerank(Q.numpy(), X.numpy(), ranks.numpy(), M=20, return_scores=True)
     assert isinstance(scores, np.ndarray) and scores.shape == (20, 3) and scores.dtype == np.float32
-    new, scores = rerank(Q, X, ranks[:0], M=20, return_scores=True)
+    new, scores = rerank(Q, X[:0], ranks[:0], M=20, return_scores=True)   # an empty database
     assert new.shape == (0, 3) and scores.shape == (0, 3)
+
+
+@pytest.mark.parametrize('rows, M, fragment', [(30, 50, ', or pass M=30 to rerank the top 30'), (0, 20, r'\)$')])
+def test_ranks_shorter_than_m_are_refused(rows, M, fragment):
+    """A top-k search with k < M would silently rerank only k items: an error that names both fixes."""
+    Q, X, ranks = make_data(nq=3, dtype=torch.float32)
+    with pytest.raises(ValueError, match=f'ranks has {rows} rows .* M={M} .*search with k >= M.*{fragment}'):
+        rerank(Q, X, ranks[:rows], M=M)
+    with pytest.raises(ValueError, match='search with k >= M'):
+        MDescAug(M=M)(X, Q, ranks[:rows])
 
 
 def test_ranks_from_topk_turns_faiss_indices_into_columns():
@@ -219,7 +229,7 @@ def test_faiss_orientation_is_refused():
         rerank(Q.numpy(), X.numpy(), square.numpy(), M=3)
     assert torch.equal(rerank(Q, X, square, M=3, columns_are_queries=True), rerank_loop(Q, X, square, M=3))
     Q1, X1, ranks1 = make_data(nq=1)
-    assert rerank(Q1, X1, ranks1[:1], M=3).shape == (1, 1)       # 1 x 1 reads the same both ways
+    assert rerank(Q1, X1, ranks1[:1], M=1).shape == (1, 1)       # 1 x 1 reads the same both ways
 
 
 def test_mixed_or_wrong_kinds_say_torch_tensor_or_numpy_array():
@@ -229,3 +239,47 @@ def test_mixed_or_wrong_kinds_say_torch_tensor_or_numpy_array():
                  (Q.numpy().astype(int), X.numpy(), ranks.numpy())):
         with pytest.raises(ValueError, match='torch tensors? or (all )?numpy arrays?'):
             rerank(*args)
+
+
+# ------------------------------------------------------------------ rerank_topk: faiss orientation, own vectors
+
+@pytest.mark.parametrize('dtype, chunk_size', [(torch.float64, None), (torch.float32, None), (torch.float32, 2)])
+def test_rerank_topk_equals_rerank_in_faiss_orientation(dtype, chunk_size):
+    """Candidates with their own vectors (nq x k x D) and with the table X give the rows of
+    rerank's top k, transposed, and its scores."""
+    Q, X, ranks = make_data(nq=5, dtype=dtype)
+    k = 40
+    expected, expected_scores = rerank(Q, X, ranks[:k], M=k, K=5, return_scores=True, chunk_size=chunk_size)
+    I = ranks[:k].T.contiguous()
+    for vectors in (X[I], X):
+        ids, scores = rerank_topk(Q, I, vectors, K=5, chunk_size=chunk_size)
+        assert ids.shape == scores.shape == (5, k) and ids.dtype == torch.int64
+        assert torch.equal(ids, expected.T) and torch.equal(scores, expected_scores.T)
+    assert torch.equal(ids, rerank_loop(Q, X, ranks[:k], M=k, K=5)[:k].T)
+    assert (scores[:, 1:] <= scores[:, :-1]).all()
+
+
+def test_rerank_topk_numpy_and_ids_of_a_larger_collection():
+    """The ids are only carried along: any non-negative ids (a vector database's) come back
+    permuted within each row, as numpy when given numpy."""
+    Q, X, ranks = make_data(nq=4, dtype=torch.float32)
+    I = ranks[:25].T.contiguous()
+    ids, scores = rerank_topk(Q.numpy(), (I * 1000 + 7).numpy(), X[I].numpy(), K=3)
+    expected, _ = rerank_topk(Q, I, X[I], K=3)
+    assert isinstance(ids, np.ndarray) and isinstance(scores, np.ndarray) and scores.dtype == np.float32
+    np.testing.assert_array_equal(ids, (expected * 1000 + 7).numpy())
+
+
+@pytest.mark.parametrize('change, fragment', [
+    (lambda Q, I, V: (Q, I, V[:, :-1]), r'vectors \(\(3, 9, 32\)\) must be nq x k x D'),
+    (lambda Q, I, V: (Q[:2], I, V), 'one row per query'),
+    (lambda Q, I, V: (Q, I, V[..., :8]), 'same descriptor size'),
+    (lambda Q, I, V: (Q, I.float(), V), 'I must be a 2-D integer'),
+    (lambda Q, I, V: (Q, I.masked_fill(I == I[0, 3], -1), V), '-1'),
+    (lambda Q, I, V: (Q, I, V[None]), 'vectors must be'),
+])
+def test_rerank_topk_refuses_mismatched_candidates(change, fragment):
+    Q, X, ranks = make_data(nq=3, dtype=torch.float32)
+    I = ranks[:10].T.contiguous()
+    with pytest.raises(ValueError, match=fragment):
+        rerank_topk(*change(Q, I, X[I]))

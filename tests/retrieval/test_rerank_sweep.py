@@ -54,15 +54,19 @@ def test_grid_points_equal_single_reranks(rows, chunk_size):
     Q, X, _ = clustered()
     Q, X = torch.from_numpy(Q), torch.from_numpy(X)
     ranks = torch.argsort(X @ Q.T, dim=0, descending=True, stable=True)
-    ranks = ranks if rows is None else ranks[:rows]                   # N' < N, and N' < M
+    grid = dict(GRID)
+    if rows is not None:                                              # N' < N: only the Ms it holds
+        with pytest.raises(ValueError, match="search with k >= M"):
+            next(sweep_tops(Q, X, ranks[:rows], chunk_size=chunk_size, **grid))
+        ranks, grid["Ms"] = ranks[:rows], [M for M in GRID["Ms"] if M <= rows]
     seen = 0
-    for M, m, tops in sweep_tops(Q, X, ranks, chunk_size=chunk_size, **GRID):
+    for M, m, tops in sweep_tops(Q, X, ranks, chunk_size=chunk_size, **grid):
         assert m == min(M, ranks.shape[0])
         for (K, beta), top in tops.items():
             single = rerank(Q, X, ranks, M=M, K=K, beta=beta, chunk_size=chunk_size)
             assert torch.equal(top, single[:m]), (M, K, beta)
             seen += 1
-    assert seen == 4 * 4 * 3
+    assert seen == len(grid["Ms"]) * 4 * 3
 
 
 def test_grid_points_equal_single_reranks_with_ties():

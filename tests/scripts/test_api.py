@@ -151,3 +151,83 @@ def test_embed_tensors_refuses_an_unbatched_image(workspace, example):
     image = torch.from_numpy(superglobal.load_image(root / "photos" / "q.jpg"))
     with pytest.raises(UserError, match=r"\(B, 3, H, W\), got \(3, 64, 80\)"):
         example["model"].embed_tensors(image)
+
+
+# --------------------------------------------------------------------------- devices, one path or many, progress
+
+def test_device_defaults_to_auto_as_test_py(example):
+    """device="auto": CUDA when present, else CPU, as test.py's DEVICE auto (test/extraction/device.py)."""
+    from test.extraction.device import resolve_device
+
+    assert example["model"].device == resolve_device("auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a CUDA device")
+def test_unavailable_device_is_a_user_error(workspace):
+    root, _ = workspace
+    with pytest.raises(UserError, match=r"^device cuda: no CUDA device is available here; use device cpu or auto$"):
+        superglobal.load_descriptor(root / "weights", device="cuda")
+    with pytest.raises(UserError, match=r"^precision fp16 needs a CUDA device"):
+        superglobal.load_descriptor(root / "weights", device="cpu", precision="fp16")
+
+
+def test_one_path_is_one_image_not_its_characters(workspace, example):
+    """A str or pathlib.Path is one path: (1, dim), the same row as in a list; a flat box is its box."""
+    root, _ = workspace
+    model, photo = example["model"], root / "photos" / "q.jpg"
+    listed = model.embed_images([photo])
+    np.testing.assert_array_equal(model.embed_images(str(photo)), listed)
+    np.testing.assert_array_equal(model.embed_images(photo), listed)
+    np.testing.assert_array_equal(model.embed_images(str(photo), boxes=[8, 6, 60, 40]),
+                                  example["query"])
+    assert model.embed_images([]).shape == (0, 2048)
+
+
+def test_progress_bar_can_be_turned_off(workspace, example, capfd):
+    root, _ = workspace
+    capfd.readouterr()
+    example["model"].embed_images([root / "photos" / "a.jpg"], progress=False)
+    assert "embed" not in capfd.readouterr().err
+    example["model"].embed_images([root / "photos" / "a.jpg"])
+    assert "embed" in capfd.readouterr().err
+
+
+def test_descriptor_repr_names_its_settings(example):
+    text = repr(example["model"])
+    assert text.startswith("Descriptor(backbone='resnet', depth=50, dim=2048, scales=[0.7071")
+    assert f"device='{example['model'].device}'" in text and "CVPR2022_CVNet_R50.pyth" in text
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, p: m.embed_images([p, p], boxes=[[0, 0, 9, 9]]), "boxes has 1 boxes for 2 paths"),
+    (lambda m, p: m.embed_images([p], boxes=[[0, float("nan"), 9, 9]]), "boxes[0] [0.0, nan, 9.0, 9.0] holds NaN"),
+    (lambda m, p: m.embed_images([p], boxes=[[9, 0, 2, 9]]), "boxes[0] [9.0, 0.0, 2.0, 9.0] must have 0 <= x1 < x2"),
+    (lambda m, p: m.embed_images([p], boxes="0 0 9 9"), "boxes must be a list of [x1, y1, x2, y2]"),
+    (lambda m, p: m.embed_images([p], boxes=[[0, 0, 9]]), "boxes[0] must be [x1, y1, x2, y2] (four numbers)"),
+    (lambda m, p: m.embed_images(7), "paths must be an image path or a list of them"),
+    (lambda m, p: m.embed_images([p, None]), "paths[1] must be an image path"),
+    (lambda m, p: m.embed_images([p], batch_size="8"), "batch_size must be an integer"),
+    (lambda m, p: m.load_image([p]), "path must be one image path"),
+    (lambda m, p: m.load_image(p, box=[0, 0, 9, float("inf")]), "box [0.0, 0.0, 9.0, inf] holds NaN or Inf"),
+    (lambda m, p: m.embed_tensors(torch.zeros(1, 3, 32, 32, dtype=torch.float64)), "batch is torch.float64"),
+    (lambda m, p: m.embed_tensors(torch.full((1, 3, 32, 32), float("nan"))), "batch holds NaN or Inf"),
+    (lambda m, p: m.embed_tensors(torch.zeros(0, 3, 32, 32)), "batch: embed_tensors expects"),
+    (lambda m, p: m.embed_tensors([[0.0]]), "batch: embed_tensors expects a float tensor (B, 3, H, W), got list"),
+])
+def test_argument_mistakes_raise_user_errors_naming_the_argument(workspace, example, call, message):
+    """Each documented mistake (docs/api.md) is a UserError whose message starts with the argument."""
+    root, _ = workspace
+    with pytest.raises(UserError) as raised:
+        call(example["model"], root / "photos" / "q.jpg")
+    assert message in str(raised.value) and str(raised.value).startswith(message.split()[0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(device="gpu"), "bad device 'gpu': use auto, cpu, cuda or cuda:N"),
+    (dict(options=["SupG.rgem", False]), "options must be a dict of config keys"),
+    (dict(weights=["a.pyth"]), "weights must be a file or folder path"),
+])
+def test_load_descriptor_argument_mistakes(workspace, kwargs, message):
+    root, _ = workspace
+    with pytest.raises(UserError, match=re.escape(message)):
+        superglobal.load_descriptor(**{"weights": root / "weights", **kwargs})

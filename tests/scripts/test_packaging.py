@@ -1,12 +1,19 @@
-"""Installing: `pip install -e .` in a fresh virtual environment, then `import superglobal` from
-another directory embeds an image, while `python test.py` still runs from the checkout.
+"""Installing: `pip install -e .` in a fresh virtual environment that already holds another torch
+leaves that torch in place; then `import superglobal` from another directory embeds an image, the
+superglobal-* commands run the checkout's scripts, and `python test.py` still runs from the checkout.
 
 From outside the checkout, `import test` finds Python's own test package (the standard library
 precedes site-packages); superglobal must bind the name to the checkout's test/ instead.
+
+The nested venv sees exactly this interpreter's packages (a .pth that adds its site directories),
+whether the suite runs in a virtualenv or not: a `--system-site-packages` venv would see the base
+interpreter's packages instead, which inside a virtualenv are not the ones the suite runs with.
 """
 
 import importlib.metadata
+import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +36,13 @@ print("bound test:", sys.modules["test"].__file__)
 features = superglobal.load_descriptor(sys.argv[1], scales=1).embed_images([sys.argv[2]])
 np.save(sys.argv[3], features)
 """
-SOURCE = ("pyproject.toml", "README.md", "LICENSE", "requirements.txt", "requirements-demo.txt", "config.py",
-          "errors.py", "test.py", "superglobal", "model", "modules", "test")
+SOURCE = ("pyproject.toml", "README.md", "LICENSE", "requirements-demo.txt", "requirements-test.txt", "config.py",
+          "errors.py", "test.py", "extract_rop1m.py", "rerank_features.py", "sweep.py", "tools", "superglobal",
+          "model", "modules", "test")
 
 
-def run(args, cwd, timeout=120):
-    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(args, cwd, timeout=120, env=None):
+    done = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, f"{args}\nstdout: {done.stdout}\nstderr: {done.stderr}"
     return done.stdout
 
@@ -79,12 +87,41 @@ def test_name_clashes_stop_the_import_clearly(tmp_path, setup, fragment):
 
 
 SETUPTOOLS = tuple(int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+OTHER_TORCH = "2.5.1+cu121"  # an installed torch other than requirements.txt's pin, as a CUDA user has
+COMMANDS = {"superglobal-eval": "TEST.DATASET_LIST", "superglobal-extract-r1m": "Extract R1M distractor features",
+            "superglobal-rerank": "usage: rerank_features.py", "superglobal-sweep": "usage: sweep.py",
+            "superglobal-check-setup": "check_setup.py"}
 
 
-@pytest.mark.skipif(SETUPTOOLS < (77, 0), reason="the offline build needs setuptools >= 77 installed")
-def test_editable_install_in_a_fresh_venv(inputs, tmp_path):
-    """`pip install -e . --no-deps` into a venv sharing this interpreter's packages (built offline with
-    the installed setuptools), from a copy of the checkout's sources."""
+def fresh_venv(venv):
+    """A venv that sees this interpreter's packages after its own (the site directories of this
+    process, .pth files included), holding one distribution of its own: a torch OTHER_TORCH
+    (metadata only; `import torch` still finds this interpreter's)."""
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=venv.parent)
+    python = venv / "bin" / "python"
+    purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv).strip())
+    ours = [path for path in site.getsitepackages() + [site.getusersitepackages()] if Path(path).is_dir()]
+    (purelib / "_outer_environment.pth").write_text(f"import site; list(map(site.addsitedir, {ours!r}))\n")
+    info = purelib / f"torch-{OTHER_TORCH}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {OTHER_TORCH}\n")
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("")
+    return python
+
+
+def offline_pip_environment():
+    """No index, no find-links, no config files: pip can only use what is installed."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.mark.skipif(SETUPTOOLS < (77, 0), reason="the offline build needs setuptools >= 77 installed "
+                    "(requirements-test.txt)")
+def test_editable_install_keeps_another_torch_and_runs_from_anywhere(inputs, tmp_path):
+    """`pip install -e .` with its dependencies, offline, into a venv holding another torch: it
+    succeeds without installing anything else, torch stays OTHER_TORCH, and the package and the
+    commands work from another directory."""
     checkpoint, image, expected = inputs
     checkout = tmp_path / "checkout"
     checkout.mkdir()
@@ -94,11 +131,30 @@ def test_editable_install_in_a_fresh_venv(inputs, tmp_path):
         else:
             shutil.copy2(ROOT / name, checkout / name)
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path)
-    python = venv / "bin" / "python"
-    run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", checkout], cwd=tmp_path)
+    venv.mkdir()
+    python = fresh_venv(venv)
+    env = offline_pip_environment()
+    run([python, "-m", "pip", "install", "-q", "--no-build-isolation", "-e", checkout], cwd=tmp_path, env=env,
+        timeout=300)
+    version = "import importlib.metadata as m; print(m.version('torch'), m.version('superglobal'))"
+    assert run([python, "-c", version], cwd=tmp_path).split() == [OTHER_TORCH, "0.1.0"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     stdout = run([python, "-c", EMBED, checkpoint, image, elsewhere / "f.npy"], cwd=elsewhere)
     check_embedding(stdout, elsewhere / "f.npy", expected, checkout)
     assert "TEST.DATASET_LIST" in run([python, "test.py", "--help"], cwd=checkout)
+    for command, fragment in COMMANDS.items():
+        assert fragment in run([venv / "bin" / command, "--help"], cwd=elsewhere), command
+    refused = subprocess.run([venv / "bin" / "superglobal-eval", "SupG.M", "0"], cwd=elsewhere,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    assert "SupG.M" in refused.stderr
+
+
+def test_ci_runs_the_readme_quick_start_as_written():
+    """.ci/run's commands after its fresh-clone guard are the README's Quick start lines, verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    quick_start = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().split("\nfi\n", 1)[1].strip().splitlines()
+    assert ci == quick_start
