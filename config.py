@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from errors import UserError, is_utf8
+from errors import UserError, is_utf8, readable_file
 
 _C = CfgNode()
 cfg = _C
@@ -393,6 +393,7 @@ def load_cfg_from_args(args, description="SuperGlobal", aliases=()):
         if "--cfg" in args[at + 1:]:
             raise UserError("--cfg given twice: merge the two files into one")
         path = Path(args[at + 1])
+        readable_file(path, " (--cfg)")
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         override = _read_yaml_cfg(path, config)

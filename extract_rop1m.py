@@ -15,7 +15,6 @@ if __name__ == "__main__":
     quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,9 +32,9 @@ from test.device import resolve_device
 from test.extract import autocast_context
 from test.runtime import options_from_cfg, tune_process
 from test.writer import forget_inputs, refuse_input, register_input
-from test.rop1m import (IMAGE_DIR, LIST_NAME, WorkDir, completed_sidecar, extract_part, identity_differences,
-                        merge, parts_of_shard, read_image_list, require_some_images, run_identity,
-                        sidecar_path)
+from test.rop1m import (IMAGE_DIR, LIST_NAME, SIDECAR_FIELDS, WorkDir, completed_sidecar, extract_part,
+                        identity_differences, merge, parts_of_shard, read_image_list, read_record,
+                        require_some_images, run_identity, sidecar_path)
 
 DESCRIPTION = """Extract R1M distractor features: a torch.save'd float32 tensor N x D (rows L2-normalised,
 list order, all-zero rows for unreadable images) plus a JSON sidecar <output>.json.
@@ -139,7 +138,7 @@ def refuse_foreign_output(output, identity):
     if not (output.exists() or sidecar.exists()):
         return
     try:
-        stored = json.loads(sidecar.read_text())
+        stored = read_record(sidecar, SIDECAR_FIELDS)
         diffs = identity_differences({"fingerprint": stored.get("fingerprint", {}),
                                       "image_list": stored.get("image_list", {})},
                                      {"fingerprint": identity["fingerprint"], "image_list": identity["image_list"]})

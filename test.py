@@ -28,7 +28,7 @@ from test.provenance import (append_result, config_lines, config_unchanged, head
                              run_header, write_config)
 from test.run_log import RunLog
 from test.runtime import tune_process
-from test.writer import OutDirLock, forget_inputs, input_named, refuse_input, refuse_output_folder, register_input
+from test.writer import OutDirLock, forget_inputs, refuse_input, refuse_output_folder, register_input
 
 USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
 
@@ -138,9 +138,11 @@ def run_logged(cfg, argv):
         try:
             run(cfg, argv, log)
         except UserError as error:
-            if input_named(log.path) is None:  # log.txt itself may be the input that stopped the run
+            try:  # log.txt itself (or what it links to) may be the input that stopped the run
                 log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)} -> "
                           f"error: {one_line(error)}", echo=False)
+            except UserError:
+                pass
             raise
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from errors import UserError, readable_file
 
 PREFIXES = ("module.", "encoder_q.", "globalmodel.")
 BACKBONE_KEY = re.compile(r"(stem|s[1-4]|head)\.")
@@ -47,6 +47,7 @@ def _reason(error):
 
 def read_state_dict(path):
     """The tensors of a checkpoint file, without running any code it may contain."""
+    readable_file(path, " (TEST.WEIGHTS)")
     if path.stat().st_size == 0:
         raise UserError(f"weights file is empty: {path}: {WEIGHTS_URL_HINT}")
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, readable_file
 from test.gnd import Gnd
 from test.images import read_image
 
@@ -103,6 +103,7 @@ def _parse_box(value, where):
 
 
 def _read_csv(path):
+    readable_file(path, " (ground truth)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
@@ -127,6 +128,7 @@ def _read_csv(path):
 
 
 def _read_json(path):
+    readable_file(path, " (ground truth)")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError, a 5000-digit int

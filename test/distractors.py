@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError
+from errors import UserError, readable_file
 
 EXTRACT_HINT = "extract them with `python extract_rop1m.py` (see the README, +1M distractors)"
 OVERRIDE_KEY = "SupG.distractors_check False"
@@ -126,6 +126,7 @@ def _read_sidecar(sidecar: Path, path: Path) -> dict:
     def invalid(what):
         return UserError(f"invalid sidecar {sidecar} of {path}: {what}; {EXTRACT_HINT} again")
 
+    readable_file(sidecar, f" (the sidecar of {path})")
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
@@ -168,6 +169,7 @@ def _check_fingerprint(found: dict, expected: dict, path: Path, sidecar: Path) -
 
 def _open_matrix(path: Path):
     """(matrix, format, memory-mapped?) according to the file's magic bytes."""
+    readable_file(path, " (distractor features)")
     with open(path, "rb") as handle:
         magic = handle.read(8)
     if not magic:

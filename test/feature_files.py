@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, readable_file
 
 
 def _open(path):
-    path = Path(path)
+    path = readable_file(Path(path))
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from errors import UserError
+from errors import UserError, readable_file
 from test.images import read_image, to_chw
 
 SOLUTION_NAME = "retrieval_solution_v2.1.csv"
@@ -63,6 +63,7 @@ def read_csv_rows(path, required, example) -> list[dict]:
 
 def read_csv_lines(path, required, example) -> list[tuple[int, dict]]:
     """``read_csv_rows`` with the line number (of the row's last line) before each row."""
+    readable_file(path)
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")  # decoded whole: the byte offset is the file's
     except UnicodeDecodeError as error:

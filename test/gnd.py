@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, readable_file
 
 DOWNLOAD_HINT = "download it from the revisitop project's data page (http://cmp.felk.cvut.cz/revisitop/)"
 
@@ -121,7 +121,7 @@ def _one_line(text: str) -> str:
 
 def safe_load_pickle(path: str | os.PathLike):
     """Unpickle ``path`` with :class:`RestrictedUnpickler`; UserError if missing, corrupt or unsafe."""
-    path = Path(path)
+    path = readable_file(Path(path), " (ground truth)")
     if not path.is_file():
         raise UserError(f"ground-truth file not found: {path}; {DOWNLOAD_HINT}")
     data = path.read_bytes()

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from errors import readable_file
 from model.fingerprint import weights_sha256
 from test.writer import atomic_write, save_json
 
@@ -78,8 +79,9 @@ def config_lines(cfg) -> list[str]:
 
 def config_unchanged(out_dir, cfg) -> bool:
     """<OUT_DIR>/config.yaml already holds exactly this config (e.g. it was given back with --cfg)."""
+    path = readable_file(Path(out_dir) / "config.yaml", " (OUT_DIR)")
     try:
-        return (Path(out_dir) / "config.yaml").read_text() == cfg.dump()
+        return path.read_text() == cfg.dump()
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -133,7 +135,7 @@ def append_result(out_dir, record) -> Path:
     """Add `record` to <OUT_DIR>/results.json (a JSON list; the caller holds the OUT_DIR lock)."""
     path = Path(out_dir) / "results.json"
     records = []
-    if path.is_file():
+    if readable_file(path, " (OUT_DIR)").is_file():
         try:
             records = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError, RecursionError):
