@@ -175,13 +175,14 @@ def quiet_interrupt_during_startup():
 
 def exit_code_of(action, flag_names=None):
     """Run `action()` for a command-line entry point: 0 when it returns, 2 with the one-line message
-    on stderr when it raises UserError (config keys worded as the entry point's `flag_names`), 130
-    with one line on Ctrl-C."""
+    on stderr when it raises UserError (config keys worded as the entry point's `flag_names`) or
+    FloatingPointError (a computation on the user's settings and data gave NaN or Inf: the reranking
+    scores' check raises it; nothing else in the project does), 130 with one line on Ctrl-C."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         action()
-    except UserError as error:
+    except (UserError, FloatingPointError) as error:
         print(f"error: {worded_for(one_line(error), flag_names)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

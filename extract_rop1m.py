@@ -113,10 +113,14 @@ def shard_of(args):
         shard_id = 0
     else:
         shard_id = rank or 0
+    # name what the user set: a flag, or torchrun's environment variable
+    shards_from = "--num-shards" if args.num_shards is not None else "WORLD_SIZE (environment, set by torchrun)"
+    id_from = "--shard-id" if args.shard_id is not None else "RANK (environment, set by torchrun)"
     if num_shards < 1:
-        raise UserError(f"bad value {num_shards} for --num-shards: expected an integer >= 1")
+        raise UserError(f"bad value {num_shards} for {shards_from}: expected an integer >= 1")
     if not 0 <= shard_id < num_shards:
-        raise UserError(f"bad value {shard_id} for --shard-id: expected 0..{num_shards - 1}")
+        raise UserError(f"bad value {shard_id} for {id_from}: expected 0..{num_shards - 1} "
+                        f"({num_shards} shards from {shards_from})")
     return num_shards, shard_id, local_rank
 
 
