@@ -13,6 +13,7 @@ from errors import UserError
 from model.cvnet_global import combine_scales, cvnet_single_scale
 from test.cvnet_images import CVNET_SCALES, CVNetImages
 from test.extract import _ErrorsAsValues, autocast_context
+from test.runtime import quiet_worker
 
 
 def extract_cvnet_global(backbone, paths, bboxes=None, device="cpu", scales=CVNET_SCALES, num_workers=0,
@@ -24,7 +25,7 @@ def extract_cvnet_global(backbone, paths, bboxes=None, device="cpu", scales=CVNE
     if len(dataset) == 0:
         raise UserError(f"{desc}: no images to extract")
     loader = DataLoader(_ErrorsAsValues(dataset), batch_size=None, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=quiet_worker if num_workers else None)
     per_scale = torch.zeros(len(dataset.scales), len(dataset), backbone.head.fc.out_features)
     with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
         for index, images in loader:

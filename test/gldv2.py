@@ -50,6 +50,16 @@ MIN_SIDE = 96
 MAX_PREDICTIONS = 100
 
 
+def check_id(image_id: str, where: str) -> str:
+    """`image_id` when it can name an image under the folder scheme (at least three characters, the
+    first three name folders; no path separator); UserError naming `where` otherwise."""
+    if len(image_id) < 3 or "/" in image_id or "\\" in image_id or "\0" in image_id or ".." in image_id:
+        raise UserError(f"{where}: id {image_id!r} cannot name a GLDv2 image: ids have at least three characters "
+                        "(the images lie under <split>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg) and no path separator; "
+                        "fix the id")
+    return image_id
+
+
 def image_path(root, split, image_id) -> Path:
     """``<root>/<split>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg``."""
     return Path(root) / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
@@ -101,6 +111,7 @@ def read_ids(root, split) -> list[str]:
             image_id = row["id"].strip()
             if not image_id:
                 continue
+            check_id(image_id, f"{listing} line {line}")
             if image_id in line_of:
                 raise UserError(f"{listing} line {line}: id {image_id} is listed twice (also line "
                                 f"{line_of[image_id]}): list each image once")
@@ -115,6 +126,7 @@ def read_ids(root, split) -> list[str]:
         raise UserError(f"GLDv2 {split} images not found: neither {listing} nor {folder}/ exists")
     found = {}
     for path in sorted(folder.rglob("*.jpg")):
+        check_id(path.stem, f"GLDv2 {split} image {path}")
         if path.stem in found:
             raise UserError(f"GLDv2 {split} image id {path.stem} has two files, {found[path.stem]} and {path}: "
                             f"keep the one at {image_path(root, split, path.stem)}")
@@ -138,6 +150,8 @@ def read_solution(path) -> dict[str, tuple[list[str], str]]:
                             f"{line_of[test_id]}): keep one row per test id")
         line_of[test_id] = line
         images = [] if row["images"].strip() in ("", "None") else row["images"].split()
+        for image_id in [test_id, *images]:
+            check_id(image_id, f"{path} line {line}")
         if usage in USAGES and not images:
             raise UserError(f"{path}: {usage} query {test_id} has no relevant images")
         solution[test_id] = (images, usage)
