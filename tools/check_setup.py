@@ -15,14 +15,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from errors import quiet_interrupt_during_startup  # noqa: E402
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
 from config import load_cfg_from_args  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError, exit_code_of, one_line  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.custom_dataset import load_dataset_entry  # noqa: E402
 from test.distractors import load_distractors  # noqa: E402
 from test.gldv2 import load_gldv2  # noqa: E402
 from test.images import require_images  # noqa: E402
+from test.preflight import prepare  # noqa: E402
 
 
 class Report:
@@ -104,13 +110,28 @@ def check_distractors(report, cfg, weights):
     report.ok("distractors", info.describe().removeprefix("distractors: "))
 
 
-def check_setup(cfg):
+def check_run(report, cfg, argv):
+    """test.py's own checks before its header (test.preflight.prepare, the code test.py runs): the
+    device and precision, datasets listed twice, settings a dataset does not define, output
+    folders inside inputs and outputs over inputs. "ready" needs them to pass too, so the two can
+    never disagree; a problem the rows above already name is not repeated."""
+    try:
+        prepare(cfg, argv)
+    except UserError as error:
+        if not any(one_line(error) == one_line(problem) for problem in report.problems):
+            report.problem("test.py checks", error)
+        return
+    report.ok("test.py checks", f"device, precision, datasets, outputs in {cfg.OUT_DIR}: as test.py checks them")
+
+
+def check_setup(cfg, argv=()):
     report = Report()
     for entry in cfg.TEST.DATASET_LIST:
         check_dataset(report, cfg, entry)
     weights = check_weights(report, cfg)
     if cfg.SupG.onemeval:
         check_distractors(report, cfg, weights)
+    check_run(report, cfg, list(argv))
     return report
 
 
@@ -119,16 +140,19 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip())
         return 0
-    try:
-        cfg = load_cfg_from_args(argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = check_setup(cfg)
+    codes = []
+    status = exit_code_of(lambda: codes.append(check_and_report(argv)))
+    return status or codes[0]
+
+
+def check_and_report(argv):
+    """Print the table and the problems; the exit code (0 ready, 2 problems)."""
+    cfg = load_cfg_from_args(argv)
+    report = check_setup(cfg, argv)
     print(report.table())
     if report.problems:
         print(f"{len(report.problems)} problem(s): fix them before running test.py", flush=True)
-        print("\n".join(f"error: {problem}" for problem in report.problems), file=sys.stderr)
+        print("\n".join(f"error: {one_line(problem)}" for problem in report.problems), file=sys.stderr)
         return 2
     print("ready: test.py finds every file it needs with this configuration")
     return 0
