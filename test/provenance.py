@@ -17,8 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from yacs.config import CfgNode
 
-from errors import readable_file
+from errors import log_safe, readable_file
 from model.fingerprint import weights_sha256
 from test.writer import atomic_write, save_json
 
@@ -73,8 +74,22 @@ def header_lines(header: dict) -> list[str]:
 
 
 def config_lines(cfg) -> list[str]:
-    """The full merged config as YAML, indented under a `full config:` line (pycls dump_cfg)."""
-    return ["full config:"] + ["  " + line for line in cfg.dump().rstrip().splitlines()]
+    """The full merged config as YAML, indented under a `full config:` line (pycls dump_cfg). Text
+    values are escaped first (`errors.log_safe`): YAML would fold a value holding a line break over
+    several lines, and each would read as a line of the log."""
+    shown = cfg.clone()
+    shown.defrost()
+
+    def escape(node):
+        for key, value in node.items():
+            if isinstance(value, CfgNode):
+                escape(value)
+            elif isinstance(value, str):
+                node[key] = log_safe(value)
+            elif isinstance(value, list):
+                node[key] = [log_safe(v) if isinstance(v, str) else v for v in value]
+    escape(shown)
+    return ["full config:"] + ["  " + line for line in shown.dump().rstrip().splitlines()]
 
 
 def config_unchanged(out_dir, cfg) -> bool:

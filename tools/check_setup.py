@@ -28,6 +28,8 @@ from test.custom_dataset import load_dataset_entry  # noqa: E402
 from test.distractors import load_distractors  # noqa: E402
 from test.gldv2 import load_gldv2  # noqa: E402
 from test.images import require_images  # noqa: E402
+from test.device import resolve_device  # noqa: E402
+from test.extract import autocast_context  # noqa: E402
 from test.preflight import prepare  # noqa: E402
 
 
@@ -110,18 +112,30 @@ def check_distractors(report, cfg, weights):
     report.ok("distractors", info.describe().removeprefix("distractors: "))
 
 
+def check_device(report, cfg):
+    """DEVICE and TEST.PRECISION, as test.py resolves them first."""
+    try:
+        device = resolve_device(cfg.DEVICE)
+        autocast_context(device, cfg.TEST.PRECISION)
+    except UserError as error:
+        report.problem("device", error)
+        return
+    report.ok("device", f"{device}, {cfg.TEST.PRECISION}")
+
+
 def check_run(report, cfg, argv):
-    """test.py's own checks before its header (test.preflight.prepare, the code test.py runs): the
-    device and precision, datasets listed twice, settings a dataset does not define, output
-    folders inside inputs and outputs over inputs. "ready" needs them to pass too, so the two can
-    never disagree; a problem the rows above already name is not repeated."""
+    """test.py's own checks before its header (test.preflight.prepare, the code test.py runs), once
+    the rows above found no problem: "ready" then means that test.py passes them too, so the two
+    can never disagree (datasets listed twice, settings a dataset does not define, output folders
+    inside inputs, outputs over inputs, special files in OUT_DIR)."""
+    if report.problems:
+        return
     try:
         prepare(cfg, argv)
     except UserError as error:
-        if not any(one_line(error) == one_line(problem) for problem in report.problems):
-            report.problem("test.py checks", error)
+        report.problem("test.py checks", error)
         return
-    report.ok("test.py checks", f"device, precision, datasets, outputs in {cfg.OUT_DIR}: as test.py checks them")
+    report.ok("test.py checks", f"datasets, weights and the outputs in {cfg.OUT_DIR} pass test.py's checks")
 
 
 def check_setup(cfg, argv=()):
@@ -131,6 +145,7 @@ def check_setup(cfg, argv=()):
     weights = check_weights(report, cfg)
     if cfg.SupG.onemeval:
         check_distractors(report, cfg, weights)
+    check_device(report, cfg)
     check_run(report, cfg, list(argv))
     return report
 
