@@ -106,7 +106,7 @@ def shard_of(args):
     world, rank, local_rank = _env_int("WORLD_SIZE"), _env_int("RANK"), _env_int("LOCAL_RANK")
     if local_rank is not None and local_rank < 0:
         raise UserError(f"bad value {local_rank} for LOCAL_RANK (environment, set by torchrun): expected an integer >= 0")
-    num_shards = args.num_shards if args.num_shards is not None else (world or 1)
+    num_shards = args.num_shards if args.num_shards is not None else (world if world is not None else 1)
     if args.shard_id is not None:
         shard_id = args.shard_id
     elif args.num_shards is not None and world is None:

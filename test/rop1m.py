@@ -252,10 +252,11 @@ def _shape_problem(value, fields):
             return f"it lacks the key {key!r}"
         if not isinstance(value[key], kind) or (kind is int and isinstance(value[key], bool)):
             return f"{key!r} is {type(value[key]).__name__}, expected {kind.__name__}"
-    if "image_list" in fields:
-        return _shape_problem(value["image_list"], _IMAGE_LIST)
     if any(not isinstance(item, dict) or not isinstance(item.get("index"), int) for item in value.get("failed", [])):
         return "'failed' holds an entry without an integer 'index'"
+    if "image_list" in fields:
+        problem = _shape_problem(value["image_list"], _IMAGE_LIST)
+        return problem and f"image_list: {problem}"
     return None
 
 

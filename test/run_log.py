@@ -21,8 +21,9 @@ class RunLog:
             raise UserError(f"cannot write {self.path} ({flag}): it is {kind}; remove it or choose another {flag}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a"):
-                pass
+            if not os.path.lexists(self.path):  # never created through a link: `write` checks its target first
+                with open(self.path, "a"):
+                    pass
         except OSError as error:
             raise UserError(f"cannot write {self.path} ({flag}): {error.strerror}") from None
 
