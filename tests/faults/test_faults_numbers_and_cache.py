@@ -45,9 +45,9 @@ def test_a_sweep_stops_on_non_finite_scores_too(tmp_path, entry):
 
 
 @pytest.mark.parametrize("script, args", [
-    ("test.py", ["SupG.beta", "1e38"]),
+    ("test.py", ["SupG.beta", "1e38", "SupG.K", "3"]),   # 4 x 1e38 > 3.4e38
     ("rerank_features.py", ["--beta", "1e38"]),
-    ("sweep.py", ["--beta", "0.1,1e38", "--M", "4", "--K", "1"]),
+    ("sweep.py", ["--beta", "0.1,1e38", "--M", "4", "--K", "1,3"]),
 ])
 def test_a_beta_beyond_float32_is_refused_before_any_work(ws, tmp_path, entry, script, args):
     root, _ = ws
