@@ -240,6 +240,11 @@ def _bad_value(flat, key, expected):
 
 
 RGEM_SIZE_MAX = 99
+# The head's weights are backbone width x REDUCTION_DIM float32 values (2048 x 65536 = 512 MiB), built
+# before a checkpoint is compared with them; processes and threads beyond 1024 only exhaust a machine
+# (torch keeps a thread count in a C int, and every worker is a forked process).
+REDUCTION_DIM_MAX = 65536
+PARALLEL_MAX = 1024
 # Reranking weighs each of the K neighbours by beta * similarity (similarities of unit rows are at
 # most 1) in float32 and sums K + 1 weights: beyond FLOAT32_MAX / (K + 1) the sum overflows and every
 # score becomes NaN (the reranking checks its scores and stops; this refuses the value before work).
@@ -275,10 +280,13 @@ def validate(config):
         ("SupG.rgem_size", 1 <= flat["SupG.rgem_size"] <= RGEM_SIZE_MAX and flat["SupG.rgem_size"] % 2 == 1,
          f"an odd integer from 1 to {RGEM_SIZE_MAX}"),
         ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
-        ("MODEL.HEADS.REDUCTION_DIM", flat["MODEL.HEADS.REDUCTION_DIM"] >= 1, "an integer >= 1"),
+        ("MODEL.HEADS.REDUCTION_DIM", 1 <= flat["MODEL.HEADS.REDUCTION_DIM"] <= REDUCTION_DIM_MAX,
+         f"an integer from 1 to {REDUCTION_DIM_MAX}"),
         ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 0, "an integer >= 1, or 0 for auto"),
-        ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= -1, "an integer >= 0, or -1 for auto"),
-        ("TEST.NUM_THREADS", flat["TEST.NUM_THREADS"] >= 0, "an integer >= 1, or 0 for auto"),
+        ("TEST.NUM_WORKERS", -1 <= flat["TEST.NUM_WORKERS"] <= PARALLEL_MAX,
+         f"an integer from 0 to {PARALLEL_MAX}, or -1 for auto"),
+        ("TEST.NUM_THREADS", 0 <= flat["TEST.NUM_THREADS"] <= PARALLEL_MAX,
+         f"an integer from 1 to {PARALLEL_MAX}, or 0 for auto"),
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),

@@ -105,7 +105,8 @@ def shard_of(args):
     """(num_shards, shard_id, local_rank): the flags, else torchrun's WORLD_SIZE/RANK, else 1, 0."""
     world, rank, local_rank = _env_int("WORLD_SIZE"), _env_int("RANK"), _env_int("LOCAL_RANK")
     if local_rank is not None and local_rank < 0:
-        raise UserError(f"bad value {local_rank} for LOCAL_RANK (environment, set by torchrun): expected an integer >= 0")
+        raise UserError(f"bad value {local_rank} for LOCAL_RANK (environment, set by torchrun): expected an "
+                        "integer >= 0")
     num_shards = args.num_shards if args.num_shards is not None else (world if world is not None else 1)
     if args.shard_id is not None:
         shard_id = args.shard_id

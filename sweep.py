@@ -174,7 +174,7 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    return exit_code_of(lambda: run(parse_args(argv)))
+    return exit_code_of(lambda: run(parse_args(argv)), {"SupG.beta": "--beta"})  # the grid's flag
 
 
 if __name__ == "__main__":

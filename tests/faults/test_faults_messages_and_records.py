@@ -3,7 +3,6 @@ agreeing with test.py, and malformed files that reach one validated reader: thro
 points."""
 
 import json
-import pickle
 
 import numpy as np
 import pytest

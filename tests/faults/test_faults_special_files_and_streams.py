@@ -9,10 +9,9 @@ import sys
 import time
 from contextlib import contextmanager
 
-import numpy as np
 import pytest
 
-from tests.faults_common import ROOT, base_args, error_line, roxford_workspace, run_test_py
+from tests.faults_common import ROOT, base_args, error_line, roxford_workspace
 
 
 @pytest.fixture(scope="module")
