@@ -53,7 +53,7 @@ LIST_KEYS = ("relevant", "junk", "hard")
 def find_gt_file(folder) -> Path:
     """The ground-truth file in ``folder`` when none is named: the one of GT_NAMES present. Two or
     more present is a UserError (which one is meant is not ours to guess)."""
-    found = [Path(folder) / name for name in GT_NAMES if (Path(folder) / name).is_file()]
+    found = [Path(folder) / name for name in GT_NAMES if os.path.lexists(Path(folder) / name)]
     if len(found) > 1:
         raise UserError(f"several ground-truth files in {folder}: {', '.join(str(p) for p in found)}: keep one, "
                         f"or name it with custom:{folder}::<file>")
@@ -228,7 +228,7 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
     if not folder.is_dir():
         raise UserError(f"custom dataset folder not found: {folder}")
     path = Path(gt_file) if gt_file is not None else find_gt_file(folder)
-    if not path.is_file():
+    if not readable_file(path, " (ground truth)").is_file():
         raise UserError(f"ground-truth file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):

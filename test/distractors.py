@@ -94,11 +94,13 @@ def load_distractors(path, expected_fingerprint=None, check=True, *, dim=None, s
     refuses non-finite rows, so a caller may skip this pass).
     """
     path = Path(path)
+    if not path.is_dir():
+        readable_file(path, " (distractor features)")
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
         raise UserError(f"distractor features {what}: {path}; {EXTRACT_HINT}, or set SupG.distractors_path")
     sidecar = sidecar_path(path)
-    meta = _read_sidecar(sidecar, path) if sidecar.is_file() else None
+    meta = _read_sidecar(sidecar, path) if readable_file(sidecar, f" (the sidecar of {path})").is_file() else None
     checked = False
     if meta is not None and check and expected_fingerprint is not None:
         _check_fingerprint(meta["fingerprint"], expected_fingerprint, path, sidecar)

@@ -49,7 +49,10 @@ class FeatureCache:
 
     def entry(self, name, paths, bboxes=None):
         key = fingerprint_digest(self.fingerprint, image_list_signature(paths, bboxes))
-        return self.directory / f"{name}-{key}.npy"
+        # the key already tells entries apart: a long dataset name is shortened so the entry's name
+        # (and its temporary name) stays within the file-name limit
+        short = name if len(os.fsencode(name)) <= 100 else os.fsdecode(os.fsencode(name)[:100])
+        return self.directory / f"{short}-{key}.npy"
 
     def load(self, entry, count):
         """(the cached (count, D) float32 features or None, why an entry that is there was not

@@ -105,7 +105,7 @@ def read_csv_lines(path, required, example) -> list[tuple[int, dict]]:
 def read_ids(root, split) -> list[str]:
     """Ids of a split: the 'id' column of <root>/<split>.csv, else the .jpg files under <root>/<split>/."""
     listing = Path(root) / f"{split}.csv"
-    if listing.is_file():
+    if readable_file(listing).is_file():
         ids, line_of = [], {}
         for line, row in read_csv_lines(listing, ["id"], "id[,...]"):
             image_id = row["id"].strip()
@@ -136,7 +136,7 @@ def read_ids(root, split) -> list[str]:
 
 def read_solution(path) -> dict[str, tuple[list[str], str]]:
     """``{test id: (relevant index ids, usage)}`` from retrieval_solution_v2.1.csv."""
-    path = Path(path)
+    path = readable_file(Path(path))
     if not path.is_file():
         raise UserError(f"GLDv2 solution file not found: {path}")
     solution, line_of = {}, {}

@@ -304,7 +304,7 @@ class WorkDir:
     def open(self, create=True):
         """Check (or create) run.json; UserError naming the differences when it is another run's."""
         run_file = self.path / "run.json"
-        if run_file.is_file():
+        if readable_file(run_file).is_file():
             try:
                 stored = read_record(run_file, RUN_FIELDS)
             except (OSError, ValueError, RecursionError) as error:
