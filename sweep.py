@@ -82,7 +82,7 @@ def check_outputs(args):
     for flag in ("features", "query", "db", "ranks", "gnd", "images"):
         if getattr(args, flag):
             register_input(getattr(args, flag), "--" + flag)
-    for name in OUTPUTS + PLOTS:
+    for name in OUTPUTS + (PLOTS if plots_wanted(args) else ()):
         refuse_input(out_dir / name)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

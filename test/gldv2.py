@@ -111,7 +111,6 @@ def read_ids(root, split) -> list[str]:
             image_id = row["id"].strip()
             if not image_id:
                 continue
-            check_id(image_id, f"{listing} line {line}")
             if image_id in line_of:
                 raise UserError(f"{listing} line {line}: id {image_id} is listed twice (also line "
                                 f"{line_of[image_id]}): list each image once")
@@ -126,7 +125,6 @@ def read_ids(root, split) -> list[str]:
         raise UserError(f"GLDv2 {split} images not found: neither {listing} nor {folder}/ exists")
     found = {}
     for path in sorted(folder.rglob("*.jpg")):
-        check_id(path.stem, f"GLDv2 {split} image {path}")
         if path.stem in found:
             raise UserError(f"GLDv2 {split} image id {path.stem} has two files, {found[path.stem]} and {path}: "
                             f"keep the one at {image_path(root, split, path.stem)}")
@@ -150,8 +148,6 @@ def read_solution(path) -> dict[str, tuple[list[str], str]]:
                             f"{line_of[test_id]}): keep one row per test id")
         line_of[test_id] = line
         images = [] if row["images"].strip() in ("", "None") else row["images"].split()
-        for image_id in [test_id, *images]:
-            check_id(image_id, f"{path} line {line}")
         if usage in USAGES and not images:
             raise UserError(f"{path}: {usage} query {test_id} has no relevant images")
         solution[test_id] = (images, usage)
@@ -175,10 +171,13 @@ def load_gldv2(root, solution=None) -> GLDv2:
     """The GLDv2 retrieval set under ``root``; ``solution`` defaults to <root>/retrieval_solution_v2.1.csv."""
     root = Path(root)
     sol = read_solution(solution if solution is not None else root / SOLUTION_NAME)
-    index_ids = read_ids(root, "index")
+    index_ids, test_ids = read_ids(root, "index"), read_ids(root, "test")
+    for split, ids in (("index", index_ids), ("test", test_ids)):  # values once every file has its shape
+        for image_id in ids:
+            check_id(image_id, f"GLDv2 {split} ids of {root} ({split}.csv or {split}/)")
     position = {image_id: i for i, image_id in enumerate(index_ids)}
     query_ids, usage, relevant = [], [], []
-    for test_id in read_ids(root, "test"):
+    for test_id in test_ids:
         images, use = sol.get(test_id, ([], "Ignored"))
         if use not in USAGES:
             continue

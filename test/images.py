@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import UserError, is_utf8, readable_file, special_kind
+from errors import UserError, is_utf8, special_kind
 from model.backbone import CVNET_INPUT, InputNorm
 
 # BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
@@ -46,9 +46,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                         "rename the file or folder")
     if not os.path.exists(path):
         raise UserError(f"cannot read image {path}: file does not exist; check the dataset directory")
-    readable_file(path, " (an image)")
-    if not os.path.isfile(path):
-        raise UserError(f"cannot read image {path}: not a regular file; check the dataset directory")
+    if not os.path.isfile(path):  # a directory, or a FIFO or device that would block or stream forever
+        raise UserError(f"cannot read image {path}: not a regular file ({special_kind(path)}); check the dataset "
+                        "directory")
     if os.path.getsize(path) == 0:
         raise UserError(f"cannot read image {path}: file is empty (0 bytes); download it again")
     if jpeg_truncated(path):  # OpenCV would decode it with a warning, the missing part gray

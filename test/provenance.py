@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from yacs.config import CfgNode
 
 from errors import log_safe, readable_file
 from model.fingerprint import weights_sha256
@@ -82,7 +81,7 @@ def config_lines(cfg) -> list[str]:
 
     def escape(node):
         for key, value in node.items():
-            if isinstance(value, CfgNode):
+            if isinstance(value, dict):  # a CfgNode section
                 escape(value)
             elif isinstance(value, str):
                 node[key] = log_safe(value)

@@ -141,7 +141,7 @@ def test_a_short_gldv2_id_is_named(ws, tmp_path, entry):
     listing.write_text(listing.read_text() + "ab,http://x/ab\n")
     done = entry("test.py", "TEST.WEIGHTS", root / "weights", "TEST.DATASET_LIST", f"gldv2:{gld}", "OUT_DIR",
                  tmp_path / "out", "DEVICE", "cpu", cwd=tmp_path)
-    error_line(done, "'ab'", "test.csv line")
+    error_line(done, "'ab'", "GLDv2 test ids")
 
 
 def test_csv_names_holding_spaces_and_own_positives(tmp_path, capsys):
