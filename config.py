@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from yacs.config import CfgNode
 
-from errors import UserError, is_utf8
+from errors import UserError, is_utf8, readable_file
 
 _C = CfgNode()
 cfg = _C
@@ -185,9 +185,17 @@ def _apply_pairs(config, args) -> dict:
             raise UserError(f"unknown config key {key!r}{_closest(key, list(known))}"
                             " (python test.py --help lists every key)")
         default = known[key]
-        has_value = i + 1 < len(args) and not _looks_like_key(args[i + 1], known)
+        # a boolean key alone means True, so a word shaped like a key (even a misspelt one) ends it;
+        # any other key always takes the next word, unless that word is exactly a known key
+        following = args[i + 1] if i + 1 < len(args) else None
+        if isinstance(default, bool):
+            has_value = following is not None and not _looks_like_key(following, known)
+        else:
+            has_value = following is not None and following not in known
         if not has_value and not isinstance(default, bool):
-            raise UserError(f"missing value for {key}: expected {_expected(key, default)}")
+            hint = (f"; {following} is a config key: to use it as the value write it as ./{following}"
+                    if following is not None and isinstance(default, str) else "")
+            raise UserError(f"missing value for {key}: expected {_expected(key, default)}{hint}")
         value = _parse_value(key, args[i + 1], default) if has_value else True
         _set(config, key, value)
         given[key] = value
@@ -233,6 +241,20 @@ def _bad_value(flat, key, expected):
 
 
 RGEM_SIZE_MAX = 99
+# The head's weights are backbone width x REDUCTION_DIM float32 values (2048 x 65536 = 512 MiB), built
+# before a checkpoint is compared with them; processes and threads beyond 1024 only exhaust a machine
+# (torch keeps a thread count in a C int, and every worker is a forked process).
+REDUCTION_DIM_MAX = 65536
+PARALLEL_MAX = 1024
+# Reranking weighs each of the K neighbours by beta * similarity (similarities of unit rows are at
+# most 1) in float32 and sums K + 1 weights: beyond FLOAT32_MAX / (K + 1) the sum overflows and every
+# score becomes NaN (the reranking checks its scores and stops; this refuses the value before work).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def beta_max(K: int) -> float:
+    """The largest SupG.beta whose float32 neighbour weights cannot overflow with K neighbours."""
+    return FLOAT32_MAX / (K + 1)
 
 
 def validate(config):
@@ -250,16 +272,22 @@ def validate(config):
         ("SupG.K", flat["SupG.K"] >= 0, "an integer >= 0"),
         ("SupG.K", flat["SupG.K"] < flat["SupG.M"], f"an integer below SupG.M ({flat['SupG.M']})"),
         ("SupG.beta", flat["SupG.beta"] >= 0, "a number >= 0"),
+        ("SupG.beta", flat["SupG.beta"] <= beta_max(max(flat["SupG.K"], 0)),
+         f"a number from 0 to {beta_max(max(flat['SupG.K'], 0)):.4g} (float32 neighbour weights beta x "
+         f"similarity, summed over K + 1 = {max(flat['SupG.K'], 0) + 1}, overflow above)"),
         ("SupG.gemp_p", low <= flat["SupG.gemp_p"] <= high, f"a number from {low} to {high}"),
         ("SupG.rgem_p", low <= flat["SupG.rgem_p"] <= high, f"a number from {low} to {high}"),
         # the window pads the map by (size - 1) / 2 per side: far past any map's size it only costs memory
         ("SupG.rgem_size", 1 <= flat["SupG.rgem_size"] <= RGEM_SIZE_MAX and flat["SupG.rgem_size"] % 2 == 1,
          f"an odd integer from 1 to {RGEM_SIZE_MAX}"),
         ("SupG.relup_alpha", flat["SupG.relup_alpha"] >= 0, "a number >= 0"),
-        ("MODEL.HEADS.REDUCTION_DIM", flat["MODEL.HEADS.REDUCTION_DIM"] >= 1, "an integer >= 1"),
+        ("MODEL.HEADS.REDUCTION_DIM", 1 <= flat["MODEL.HEADS.REDUCTION_DIM"] <= REDUCTION_DIM_MAX,
+         f"an integer from 1 to {REDUCTION_DIM_MAX}"),
         ("TEST.BATCH_SIZE", flat["TEST.BATCH_SIZE"] >= 0, "an integer >= 1, or 0 for auto"),
-        ("TEST.NUM_WORKERS", flat["TEST.NUM_WORKERS"] >= -1, "an integer >= 0, or -1 for auto"),
-        ("TEST.NUM_THREADS", flat["TEST.NUM_THREADS"] >= 0, "an integer >= 1, or 0 for auto"),
+        ("TEST.NUM_WORKERS", -1 <= flat["TEST.NUM_WORKERS"] <= PARALLEL_MAX,
+         f"an integer from 0 to {PARALLEL_MAX}, or -1 for auto"),
+        ("TEST.NUM_THREADS", 0 <= flat["TEST.NUM_THREADS"] <= PARALLEL_MAX,
+         f"an integer from 1 to {PARALLEL_MAX}, or 0 for auto"),
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
@@ -292,9 +320,16 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _coerce_value(key, value, default):
-    """A value read from a YAML file, turned into the default's type like a command-line value."""
+    """A value read from a YAML file, turned into the default's type like a command-line value.
+    YAML 1.1 reads unquoted on/off/yes/no as booleans: for a key whose choices are on and off that
+    is what was meant; any other text key is told to quote the word."""
     if isinstance(value, str):
         return _parse_value(key, value, default)
+    if isinstance(value, bool) and isinstance(default, str):
+        if "on" in _CHOICES.get(key, ()):
+            return "on" if value else "off"
+        raise UserError(f"bad value {value!r} for {key}: YAML reads an unquoted yes/no/on/off/true/false as "
+                        f"{value}; write the text in quotes (e.g. {key.split('.')[-1]}: 'off')")
     kinds = {bool: (bool,), int: (int,), float: (int, float), list: (list,), str: ()}[type(default)]
     ok = isinstance(value, kinds) and (isinstance(default, bool) or not isinstance(value, bool))
     if isinstance(value, list):
@@ -444,6 +479,7 @@ def load_cfg_from_args(args, description="SuperGlobal", aliases=()):
         if "--cfg" in args[at + 1:]:
             raise UserError("--cfg given twice: merge the two files into one")
         path = Path(args[at + 1])
+        readable_file(path, " (--cfg)")
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         override = _read_yaml_cfg(path, config)

@@ -15,7 +15,6 @@ if __name__ == "__main__":
     quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from test.outputs.writer import forget_inputs, refuse_input, register_input
 from test.r1m.job import (
     IMAGE_DIR,
     LIST_NAME,
+    SIDECAR_FIELDS,
     WorkDir,
     completed_sidecar,
     extract_part,
@@ -43,6 +43,7 @@ from test.r1m.job import (
     merge,
     parts_of_shard,
     read_image_list,
+    read_record,
     require_some_images,
     run_identity,
     sidecar_path,
@@ -116,7 +117,10 @@ def _env_int(name):
 def shard_of(args):
     """(num_shards, shard_id, local_rank): the flags, else torchrun's WORLD_SIZE/RANK, else 1, 0."""
     world, rank, local_rank = _env_int("WORLD_SIZE"), _env_int("RANK"), _env_int("LOCAL_RANK")
-    num_shards = args.num_shards if args.num_shards is not None else (world or 1)
+    if local_rank is not None and local_rank < 0:
+        raise UserError(f"bad value {local_rank} for LOCAL_RANK (environment, set by torchrun): expected an "
+                        "integer >= 0")
+    num_shards = args.num_shards if args.num_shards is not None else (world if world is not None else 1)
     if args.shard_id is not None:
         shard_id = args.shard_id
     elif args.num_shards is not None and world is None:
@@ -125,10 +129,14 @@ def shard_of(args):
         shard_id = 0
     else:
         shard_id = rank or 0
+    # name what the user set: a flag, or torchrun's environment variable
+    shards_from = "--num-shards" if args.num_shards is not None else "WORLD_SIZE (environment, set by torchrun)"
+    id_from = "--shard-id" if args.shard_id is not None else "RANK (environment, set by torchrun)"
     if num_shards < 1:
-        raise UserError(f"bad value {num_shards} for --num-shards: expected an integer >= 1")
+        raise UserError(f"bad value {num_shards} for {shards_from}: expected an integer >= 1")
     if not 0 <= shard_id < num_shards:
-        raise UserError(f"bad value {shard_id} for --shard-id: expected 0..{num_shards - 1}")
+        raise UserError(f"bad value {shard_id} for {id_from}: expected 0..{num_shards - 1} "
+                        f"({num_shards} shards from {shards_from})")
     return num_shards, shard_id, local_rank
 
 
@@ -150,7 +158,7 @@ def refuse_foreign_output(output, identity):
     if not (output.exists() or sidecar.exists()):
         return
     try:
-        stored = json.loads(sidecar.read_text())
+        stored = read_record(sidecar, SIDECAR_FIELDS)
         diffs = identity_differences({"fingerprint": stored.get("fingerprint", {}),
                                       "image_list": stored.get("image_list", {})},
                                      {"fingerprint": identity["fingerprint"], "image_list": identity["image_list"]})

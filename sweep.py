@@ -82,7 +82,7 @@ def check_outputs(args):
     for flag in ("features", "query", "db", "ranks", "gnd", "images"):
         if getattr(args, flag):
             register_input(getattr(args, flag), "--" + flag)
-    for name in OUTPUTS + PLOTS:
+    for name in OUTPUTS + (PLOTS if plots_wanted(args) else ()):
         refuse_input(out_dir / name)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def run(args):
 def main(argv=None):
     """Command-line entry point of sweep.py; returns the exit code (0, 2, 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return exit_code_of(lambda: run(parse_args(argv)))
+    return exit_code_of(lambda: run(parse_args(argv)), {"SupG.beta": "--beta"})  # the grid's flag
 
 
 if __name__ == "__main__":

@@ -15,18 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
+from config import describe_keys, load_cfg_from_args, scales_of
 from errors import UserError, exit_code_of, one_line
-from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
-from test.datasets import open_datasets
-from test.extraction.device import resolve_device
-from test.extraction.extract import check_precision
+from test.build import descriptor_dim
 from test.extraction.feature_cache import FeatureCache
 from test.extraction.runtime import tune_process
 from test.outputs.provenance import (
     append_result,
     config_lines,
-    config_unchanged,
     header_lines,
     new_run_id,
     result_record,
@@ -34,16 +30,9 @@ from test.outputs.provenance import (
     write_config,
 )
 from test.outputs.run_log import RunLog
-from test.outputs.writer import (
-    OutDirLock,
-    forget_inputs,
-    input_named,
-    refuse_input,
-    refuse_output_folder,
-    register_input,
-)
-from test.pipeline import build_extractor, evaluate_dataset
-from test.r1m.features import load_r1m_features
+from test.outputs.writer import OutDirLock
+from test.pipeline import evaluate_dataset
+from test.preflight import prepare
 
 USAGE = """usage: python test.py [--cfg FILE] [KEY VALUE | BOOL_KEY] ...
 
@@ -80,55 +69,12 @@ def config_summary(cfg, device):
             f"onemeval={supg.onemeval} precision={cfg.TEST.PRECISION} device={device}")
 
 
-def refuse_unsupported(cfg, datasets):
-    """Settings a dataset kind does not define stop before any work."""
-    for dataset in datasets:
-        if cfg.TEST.DESCRIPTOR == "cvnet" and not dataset.supports_cvnet:
-            raise UserError(f"{dataset.name}: TEST.DESCRIPTOR cvnet is defined for revisitop-style datasets "
-                            "only; use TEST.DESCRIPTOR superglobal")
-        if cfg.SupG.onemeval and not dataset.supports_distractors:
-            raise UserError(f"{dataset.name}: SupG.onemeval (R1M distractors) is defined for revisitop-style "
-                            "datasets only; set SupG.onemeval False")
-
-
-def open_distractors(cfg, fingerprint):
-    """(the R1M features, a line describing them) from SupG.distractors_path or the default file."""
-    path = cfg.SupG.distractors_path or default_distractors_path(cfg)
-    distractors, info = load_r1m_features(path, expected_fingerprint=fingerprint,
-                                         check=cfg.SupG.distractors_check, dim=descriptor_dim(cfg))
-    register_input(path, "SupG.distractors_path")
-    return distractors, info.describe()
-
-
-def refuse_outputs_over_inputs(cfg, datasets, argv):
-    """Before any work: no file this run writes in OUT_DIR may be one it reads (a weights file or a
-    ground truth named log.txt, results.json or <dataset>.npz there, or the --cfg file, unless
-    config.yaml would stay byte for byte as it is)."""
-    if cfg_file_of(argv):
-        register_input(cfg_file_of(argv), "--cfg")
-    out_dir = Path(cfg.OUT_DIR)
-    outputs = ["log.txt", "results.json"] + ([] if config_unchanged(out_dir, cfg) else ["config.yaml"])
-    if cfg.TEST.SAVE_FEATURES:
-        outputs += [f"{dataset.output_name}.npz" for dataset in datasets]
-    for name in outputs:
-        refuse_input(out_dir / name)
-
-
 def run(cfg, argv, log):
     """Check every input, then write the header and evaluate each dataset. Whatever is wrong with
     the inputs stops the run before the header."""
-    device = resolve_device(cfg.DEVICE)
-    check_precision(device, cfg.TEST.PRECISION)  # before any work
-    datasets = open_datasets(cfg.TEST.DATASET_LIST, cfg.TEST.DATA_DIR, cfg.TEST.TOPK)
-    refuse_unsupported(cfg, datasets)
-    refuse_output_folder(cfg.OUT_DIR, "OUT_DIR")
-    if cfg.TEST.CACHE and cfg.TEST.CACHE_DIR:
-        refuse_output_folder(cfg.TEST.CACHE_DIR, "TEST.CACHE_DIR")
-    extract, weights = build_extractor(cfg, device)
-    register_input(weights, "TEST.WEIGHTS")
-    fingerprint = descriptor_fingerprint(cfg, weights)
-    distractors, described = open_distractors(cfg, fingerprint) if cfg.SupG.onemeval else (None, None)
-    refuse_outputs_over_inputs(cfg, datasets, argv)
+    prepared = prepare(cfg, argv)
+    device, weights, fingerprint, described = (prepared.device, prepared.weights, prepared.fingerprint,
+                                               prepared.described)
     header = run_header(new_run_id(), argv, device, weights)
     log.write(f"==== {header['started']} {header['command']}", config_summary(cfg, device) + f" weights={weights}",
               *header_lines(header))
@@ -140,22 +86,24 @@ def run(cfg, argv, log):
     if cfg.TEST.CACHE:
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint,
                              descriptor_dim(cfg))
-    for dataset in datasets:
-        results, timings = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, header["run_id"])
+    for dataset in prepared.datasets:
+        results, timings = evaluate_dataset(cfg, dataset, prepared.extract, cache, prepared.distractors, device,
+                                            log, header["run_id"])
         append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings))
 
 
 def run_logged(cfg, argv):
     """`run` under the OUT_DIR lock; a user error also goes to log.txt, as one line."""
-    forget_inputs()  # main() may run several times in one process (tests)
     with OutDirLock(cfg.OUT_DIR):
         log = RunLog(cfg.OUT_DIR)
         try:
             run(cfg, argv, log)
         except UserError as error:
-            if input_named(log.path) is None:  # log.txt itself may be the input that stopped the run
+            try:  # log.txt itself (or what it links to) may be the input that stopped the run
                 log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} python test.py {' '.join(argv)} -> "
                           f"error: {one_line(error)}", echo=False)
+            except UserError:
+                pass
             raise
 
 

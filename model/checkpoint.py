@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
+from errors import UserError, readable_file
 
 PREFIXES = ("module.", "encoder_q.", "globalmodel.")
 BACKBONE_KEY = re.compile(r"(stem|s[1-4]|head)\.")
@@ -25,12 +25,13 @@ def checkpoint_path(weights, depth):
     """The checkpoint file: `weights` itself, or CVPR2022_CVNet_R{depth}.pyth inside a directory."""
     path = Path(weights)
     if path.is_dir():
-        expected = path / f"CVPR2022_CVNet_R{depth}.pyth"
+        expected = readable_file(path / f"CVPR2022_CVNet_R{depth}.pyth", " (TEST.WEIGHTS)")
         if expected.is_file():
             return expected
         present = sorted(p.name for p in path.iterdir() if p.suffix in (".pyth", ".pth", ".pt"))
         found = f" (it holds {', '.join(present)}; pass one as TEST.WEIGHTS)" if present else ""
         raise UserError(f"no {expected.name} in {path}{found}: {WEIGHTS_URL_HINT}")
+    readable_file(path, " (TEST.WEIGHTS)")
     if not path.is_file():
         raise UserError(f"weights not found: {path} (TEST.WEIGHTS): {WEIGHTS_URL_HINT}")
     return path
@@ -47,6 +48,7 @@ def _reason(error):
 
 def read_state_dict(path):
     """The tensors of a checkpoint file, without running any code it may contain."""
+    readable_file(path, " (TEST.WEIGHTS)")
     if path.stat().st_size == 0:
         raise UserError(f"weights file is empty: {path}: {WEIGHTS_URL_HINT}")
     try:

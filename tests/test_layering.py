@@ -2,7 +2,7 @@
 config or test/; test/ -> model/, modules/, config; nothing outside tests/ imports tests/; entry
 points are not imported by library code. Inside test/, the subpackages form layers (SUBPACKAGES):
 the writer, run log and provenance at the bottom, then data/, then extraction/ and retrieval/ side
-by side, then r1m/; only the top-level modules (build, datasets, pipeline) combine them. Checked on
+by side, then r1m/; only the top-level modules (build, datasets, preflight, pipeline) combine them. Checked on
 the source (AST), so lazy imports count too."""
 
 import ast

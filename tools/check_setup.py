@@ -15,13 +15,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from errors import quiet_interrupt_during_startup  # noqa: E402
+
+if __name__ == "__main__":
+    quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
+
 from config import load_cfg_from_args  # noqa: E402
-from errors import UserError  # noqa: E402
+from errors import UserError, exit_code_of, one_line  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.data.custom import load_dataset_entry  # noqa: E402
 from test.data.gldv2 import load_gldv2  # noqa: E402
 from test.data.images import require_images  # noqa: E402
+from test.extraction.device import resolve_device  # noqa: E402
+from test.extraction.extract import check_precision  # noqa: E402
+from test.preflight import prepare  # noqa: E402
 from test.r1m.features import load_r1m_features  # noqa: E402
 
 
@@ -104,14 +112,41 @@ def check_distractors(report, cfg, weights):
     report.ok("distractors", info.describe().removeprefix("distractors: "))
 
 
-def check_setup(cfg):
-    """Run every check for `cfg` and return the report (one row per check, the problems found)."""
+def check_device(report, cfg):
+    """DEVICE and TEST.PRECISION, as test.py resolves them first."""
+    try:
+        device = resolve_device(cfg.DEVICE)
+        check_precision(device, cfg.TEST.PRECISION)
+    except UserError as error:
+        report.problem("device", error)
+        return
+    report.ok("device", f"{device}, {cfg.TEST.PRECISION}")
+
+
+def check_run(report, cfg, argv):
+    """test.py's own checks before its header (test.preflight.prepare, the code test.py runs), once
+    the rows above found no problem: "ready" then means that test.py passes them too, so the two
+    can never disagree (datasets listed twice, settings a dataset does not define, output folders
+    inside inputs, outputs over inputs, special files in OUT_DIR)."""
+    if report.problems:
+        return
+    try:
+        prepare(cfg, argv)
+    except UserError as error:
+        report.problem("test.py checks", error)
+        return
+    report.ok("test.py checks", f"datasets, weights and the outputs in {cfg.OUT_DIR} pass test.py's checks")
+
+
+def check_setup(cfg, argv=()):
     report = Report()
     for entry in cfg.TEST.DATASET_LIST:
         check_dataset(report, cfg, entry)
     weights = check_weights(report, cfg)
     if cfg.SupG.onemeval:
         check_distractors(report, cfg, weights)
+    check_device(report, cfg)
+    check_run(report, cfg, list(argv))
     return report
 
 
@@ -121,16 +156,19 @@ def main(argv=None):
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip())
         return 0
-    try:
-        cfg = load_cfg_from_args(argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = check_setup(cfg)
+    codes = []
+    status = exit_code_of(lambda: codes.append(check_and_report(argv)))
+    return status or codes[0]
+
+
+def check_and_report(argv):
+    """Print the table and the problems; the exit code (0 ready, 2 problems)."""
+    cfg = load_cfg_from_args(argv)
+    report = check_setup(cfg, argv)
     print(report.table())
     if report.problems:
         print(f"{len(report.problems)} problem(s): fix them before running test.py", flush=True)
-        print("\n".join(f"error: {problem}" for problem in report.problems), file=sys.stderr)
+        print("\n".join(f"error: {one_line(problem)}" for problem in report.problems), file=sys.stderr)
         return 2
     print("ready: test.py finds every file it needs with this configuration")
     return 0

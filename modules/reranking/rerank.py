@@ -59,11 +59,14 @@ def rerank(Q, X, ranks, M=400, K=9, beta=0.15, chunk_size=None, return_scores=Fa
     nq, m = ranks.shape[1], min(M, ranks.shape[0])
     scores = torch.empty(m, nq, dtype=compute_dtype(Q, X), device=X.device) if return_scores else None
     top_all = ranks[:m].T.contiguous()                                    # nq x m
+    finite = FiniteScores()
     for start, top, q, x_top, neighbours, weights in augmented_chunks(Q, X, top_all, K, beta, chunk_size):
         new_top, top_scores = rerank_block(top, q, x_top, neighbours, weights)
+        finite.add(top_scores)
         new_ranks[:m, start:start + len(top)] = new_top.T
         if return_scores:
             scores[:, start:start + len(top)] = top_scores.T
+    finite.require(nq, beta)
     outputs = (new_ranks, scores) if return_scores else (new_ranks,)
     if as_numpy:
         outputs = tuple(t.numpy() for t in outputs)
@@ -263,6 +266,28 @@ def mda_query(best_descriptors):
 def mda_order(s1_sorted, s2):
     """Stage 2b. (sorted (S1 + S2) / 2, the final order of the top block as positions into P)."""
     return torch.sort((s1_sorted + s2) / 2, dim=1, descending=True, stable=True)
+
+
+class FiniteScores:
+    """Counts the queries whose reranking scores hold NaN or Inf, on the scores' device (no
+    synchronisation per chunk). A non-finite score cannot be ordered: a stable sort would leave the
+    block in its first-pass order and the result would look reranked. `require` raises
+    FloatingPointError (entry points report it on one line, like a user error)."""
+
+    def __init__(self):
+        self.bad = None
+
+    def add(self, scores):
+        """scores: c x m, one row per query."""
+        bad = (~torch.isfinite(scores)).any(-1).sum()
+        self.bad = bad if self.bad is None else self.bad + bad
+
+    def require(self, nq, beta):
+        if self.bad is not None and int(self.bad):
+            raise FloatingPointError(
+                f"SuperGlobal reranking gave NaN or Inf scores for {int(self.bad)} of {nq} queries (beta={beta:g}): "
+                "the neighbour weights 1 + beta * similarity overflowed or summed to zero; lower SupG.beta, or "
+                "check that the features are finite and L2-normalised")
 
 
 def compute_dtype(Q, X):

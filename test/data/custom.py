@@ -14,11 +14,12 @@ import json
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, readable_file
 from test.data.gnd import Gnd
 from test.data.images import read_image
 
@@ -30,7 +31,7 @@ LIST_KEYS = ("relevant", "junk", "hard")
 def find_gt_file(folder) -> Path:
     """The ground-truth file in ``folder`` when none is named: the one of GT_NAMES present. Two or
     more present is a UserError (which one is meant is not ours to guess)."""
-    found = [Path(folder) / name for name in GT_NAMES if (Path(folder) / name).is_file()]
+    found = [Path(folder) / name for name in GT_NAMES if os.path.lexists(Path(folder) / name)]
     if len(found) > 1:
         raise UserError(f"several ground-truth files in {folder}: {', '.join(str(p) for p in found)}: keep one, "
                         f"or name it with custom:{folder}::<file>")
@@ -52,8 +53,38 @@ def list_images(folder) -> list[str]:
     return sorted(names)
 
 
-def _split_names(text) -> list[str]:
-    return [t for t in re.split(r"\s+", (text or "").strip()) if t]
+class _Cell(str):
+    """The text of a CSV cell (or a JSON string) listing image names, split once the folder's
+    images are known (`_names_in_cell`)."""
+
+
+def _split_names(text) -> _Cell:
+    return _Cell((text or "").strip())
+
+
+MAX_WORDS_PER_NAME = 8
+
+
+def _names_in_cell(text, names, where, what) -> list[str]:
+    """Image names of one cell, separated by spaces. A name holding spaces is written in double
+    quotes inside the cell (`"my photo.jpg" b.jpg`), or is found as the longest run of up to
+    MAX_WORDS_PER_NAME words that names an image of the folder (`my photo.jpg b.jpg`)."""
+    if '"' in text:
+        lexer = shlex.shlex(text, posix=True)
+        lexer.whitespace_split, lexer.quotes, lexer.escape = True, '"', ""
+        try:
+            return list(lexer)
+        except ValueError:
+            raise UserError(f"{where}: {what}s {text!r}: a double quote is not closed") from None
+    words, out, i = text.split(), [], 0
+    while i < len(words):
+        for j in range(min(len(words), i + MAX_WORDS_PER_NAME), i, -1):
+            candidate = " ".join(words[i:j])
+            if j == i + 1 or names.resolve(candidate, where, what) is not None:
+                break
+        out.append(candidate)
+        i = j
+    return out
 
 
 def _parse_box(value, where):
@@ -81,6 +112,7 @@ def _parse_box(value, where):
 
 
 def _read_csv(path):
+    readable_file(path, " (ground truth)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
@@ -105,6 +137,7 @@ def _read_csv(path):
 
 
 def _read_json(path):
+    readable_file(path, " (ground truth)")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError, a 5000-digit int
@@ -131,7 +164,8 @@ def _read_json(path):
         for key in LIST_KEYS:
             value = item.get(key, item.get("easy") if key == "relevant" else None) or []
             if isinstance(value, str):
-                value = _split_names(value)
+                entry[key] = _split_names(value)
+                continue
             if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
                 raise UserError(f"{where}: '{key}' must be a list of image names")
             entry[key] = [n.strip() for n in value if n.strip()]
@@ -172,7 +206,7 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
     if not folder.is_dir():
         raise UserError(f"custom dataset folder not found: {folder}")
     path = Path(gt_file) if gt_file is not None else find_gt_file(folder)
-    if not path.is_file():
+    if not readable_file(path, " (ground truth)").is_file():
         raise UserError(f"ground-truth file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -191,6 +225,8 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
     for q in queries:
         q["query"] = resolve_any(q["query"], q["where"], "query image")
         for key in LIST_KEYS:
+            if isinstance(q[key], _Cell):
+                q[key] = _names_in_cell(q[key], disk_names, q["where"], f"{key} image")
             q[key] = [resolve_any(n, q["where"], f"{key} image") for n in q[key]]
     if database is not None:
         imlist = [resolve_any(n, f"{path} database", "image") for n in database]
@@ -204,7 +240,7 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
         raise UserError(f"custom dataset {folder} has no database images")
     index = {n: i for i, n in enumerate(imlist)}
 
-    gnd = []
+    gnd, own_positive = [], []
     for q in queries:
         lists = {}
         for key in LIST_KEYS:
@@ -217,6 +253,8 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
         if both:
             raise UserError(f"{q['where']}: image {imlist[min(both)]!r} is listed in two of relevant/hard/junk")
         own = index.get(q["query"])
+        if own is not None and (own in lists["relevant"] or own in lists["hard"]):
+            own_positive.append(q["where"])
         if own is not None and own not in lists["relevant"] and own not in lists["hard"] \
                 and own not in lists["junk"]:
             lists["junk"].append(own)
@@ -227,6 +265,10 @@ def load_custom_dataset(folder, gt_file=None, name=None) -> Gnd:
         gnd.append({"bbx": box, "easy": np.asarray(lists["relevant"], dtype=np.int64),
                     "hard": np.asarray(lists["hard"], dtype=np.int64),
                     "junk": np.asarray(lists["junk"], dtype=np.int64)})
+    if own_positive:  # the query finds itself at rank 1: the mAP is higher than the task's
+        print(f"warning: {len(own_positive)} of {len(queries)} queries of {path} list their own image as a "
+              f"positive (first: {own_positive[0]}): each finds itself at rank 1, which raises the mAP; list it "
+              "as junk or leave it out", flush=True)
     qimlist = [q["query"] for q in queries]
     return Gnd(dataset=name or folder.resolve().name, gnd_path=path, image_dir=folder, imlist=imlist,
                qimlist=qimlist, gnd=gnd, db_paths=[str(folder / n) for n in imlist],

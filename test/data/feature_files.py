@@ -8,18 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, readable_file
 
 
 def _open(path):
-    path = Path(path)
+    """The array of a .npy, or {name: array} of every member of an .npz, read whole inside the
+    guard: an npz member holding Python objects (refused without unpickling) or damaged bytes is
+    found here, not when a caller first touches it."""
+    path = readable_file(Path(path))
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
-        return np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            return {name: data[name] for name in data.files}
     except Exception as error:  # numpy raises many types on foreign bytes
-        raise UserError(f"cannot read {path} as .npy / .npz ({type(error).__name__}: "
-                        f"{' '.join(str(error).split())[:160]})") from None
+        objects = "Object arrays" in str(error) or "allow_pickle" in str(error)
+        raise UserError(f"cannot read {path} as .npy / .npz ("
+                        + ("it holds Python objects (dtype object), which are never unpickled: save float "
+                           "and integer arrays only" if objects else
+                           f"{type(error).__name__}: {' '.join(str(error).split())[:160]}") + ")") from None
 
 
 def load_array(path, key=None):
@@ -27,12 +37,11 @@ def load_array(path, key=None):
     data = _open(path)
     if isinstance(data, np.ndarray):
         return data
-    with data:
-        if key is not None and key in data.files:
-            return data[key]
-        if len(data.files) == 1:
-            return data[data.files[0]]
-        raise UserError(f"{path} holds {data.files}: expected key {key!r} or a single array")
+    if key is not None and key in data:
+        return data[key]
+    if len(data) == 1:
+        return next(iter(data.values()))
+    raise UserError(f"{path} holds {list(data)}: expected key {key!r} or a single array")
 
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -46,17 +55,16 @@ def load_features(args):
     ranks, ranks_source = None, None
     if args.features:
         data = _open(args.features)
-        if isinstance(data, np.ndarray) or "Q" not in data.files or "X" not in data.files:
+        if isinstance(data, np.ndarray) or "Q" not in data or "X" not in data:
             raise UserError(f"{args.features} is not a test.py features file: expected an npz with Q and X")
-        with data:
-            Q, X = data["Q"], data["X"]
-            if "ranks_global" in data.files and not args.ranks:
-                ranks, ranks_source = data["ranks_global"], f"{args.features} (ranks_global)"
-                if ranks.ndim == 2 and ranks.shape[0] != X.shape[0]:
-                    # test.py saves full rankings, except with SupG.onemeval (top TEST.TOPK over X + R1M)
-                    raise UserError(f"{args.features} holds the top {ranks.shape[0]} of a ranking over more "
-                                    f"than its {X.shape[0]} database features (a SupG.onemeval run): the R1M "
-                                    "distractors are not in it, so it cannot be reranked from Q and X alone")
+        Q, X = data["Q"], data["X"]
+        if "ranks_global" in data and not args.ranks:
+            ranks, ranks_source = data["ranks_global"], f"{args.features} (ranks_global)"
+            if ranks.ndim == 2 and X.ndim == 2 and ranks.shape[0] != X.shape[0]:
+                # test.py saves full rankings, except with SupG.onemeval (top TEST.TOPK over X + R1M)
+                raise UserError(f"{args.features} holds the top {ranks.shape[0]} of a ranking over more "
+                                f"than its {X.shape[0]} database features (a SupG.onemeval run): the R1M "
+                                "distractors are not in it, so it cannot be reranked from Q and X alone")
         sources = (f"{args.features} (Q)", f"{args.features} (X)")
     else:
         Q, X = load_array(args.query, "Q"), load_array(args.db, "X")
@@ -81,6 +89,9 @@ def check_float_matrix(a, name, source):
     if a.dtype.name not in FLOAT_DTYPES:
         raise UserError(f"{name} features {source} have dtype {a.dtype.name}: save them as float32 "
                         "(float16, float32 and float64 are accepted)")
+    if a.shape[0] == 0 or a.shape[1] == 0:  # nothing to rank or rerank: no result may be reported
+        raise UserError(f"{name} features {source} are empty (shape {a.shape[0]} x {a.shape[1]}): give at least "
+                        f"one {name} row of at least one value")
     if not np.isfinite(a).all():
         raise UserError(f"{name} features {source} contain NaN or infinite values")
     return a.astype(np.float32) if a.dtype == np.float16 else a

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from errors import UserError
+from errors import UserError, readable_file
 from test.data.images import read_image, to_chw
 from test.outputs.writer import atomic_write
 
@@ -28,6 +28,16 @@ USAGES = ("Public", "Private")
 ALL_USAGES = USAGES + ("Ignored",)
 MIN_SIDE = 96
 MAX_PREDICTIONS = 100
+
+
+def check_id(image_id: str, where: str) -> str:
+    """`image_id` when it can name an image under the folder scheme (at least three characters, the
+    first three name folders; no path separator); UserError naming `where` otherwise."""
+    if len(image_id) < 3 or "/" in image_id or "\\" in image_id or "\0" in image_id or ".." in image_id:
+        raise UserError(f"{where}: id {image_id!r} cannot name a GLDv2 image: ids have at least three characters "
+                        "(the images lie under <split>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg) and no path separator; "
+                        "fix the id")
+    return image_id
 
 
 def image_path(root, split, image_id) -> Path:
@@ -43,6 +53,7 @@ def read_csv_rows(path, required, example) -> list[dict]:
 
 def read_csv_lines(path, required, example) -> list[tuple[int, dict]]:
     """``read_csv_rows`` with the line number (of the row's last line) before each row."""
+    readable_file(path)
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")  # decoded whole: the byte offset is the file's
     except UnicodeDecodeError as error:
@@ -75,7 +86,7 @@ def read_csv_lines(path, required, example) -> list[tuple[int, dict]]:
 def read_ids(root, split) -> list[str]:
     """Ids of a split: the 'id' column of <root>/<split>.csv, else the .jpg files under <root>/<split>/."""
     listing = Path(root) / f"{split}.csv"
-    if listing.is_file():
+    if readable_file(listing).is_file():
         ids, line_of = [], {}
         for line, row in read_csv_lines(listing, ["id"], "id[,...]"):
             image_id = row["id"].strip()
@@ -104,7 +115,7 @@ def read_ids(root, split) -> list[str]:
 
 def read_solution(path) -> dict[str, tuple[list[str], str]]:
     """``{test id: (relevant index ids, usage)}`` from retrieval_solution_v2.1.csv."""
-    path = Path(path)
+    path = readable_file(Path(path))
     if not path.is_file():
         raise UserError(f"GLDv2 solution file not found: {path}")
     solution, line_of = {}, {}
@@ -141,10 +152,13 @@ def load_gldv2(root, solution=None) -> GLDv2:
     """The GLDv2 retrieval set under ``root``; ``solution`` defaults to <root>/retrieval_solution_v2.1.csv."""
     root = Path(root)
     sol = read_solution(solution if solution is not None else root / SOLUTION_NAME)
-    index_ids = read_ids(root, "index")
+    index_ids, test_ids = read_ids(root, "index"), read_ids(root, "test")
+    for split, ids in (("index", index_ids), ("test", test_ids)):  # values once every file has its shape
+        for image_id in ids:
+            check_id(image_id, f"GLDv2 {split} ids of {root} ({split}.csv or {split}/)")
     position = {image_id: i for i, image_id in enumerate(index_ids)}
     query_ids, usage, relevant = [], [], []
-    for test_id in read_ids(root, "test"):
+    for test_id in test_ids:
         images, use = sol.get(test_id, ([], "Ignored"))
         if use not in USAGES:
             continue

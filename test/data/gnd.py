@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError, one_line
+from errors import UserError, one_line, readable_file
 
 DOWNLOAD_HINT = "download it from the revisitop project's data page (http://cmp.felk.cvut.cz/revisitop/)"
 
@@ -117,7 +117,7 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 def safe_load_pickle(path: str | os.PathLike):
     """Unpickle ``path`` with :class:`RestrictedUnpickler`; UserError if missing, corrupt or unsafe."""
-    path = Path(path)
+    path = readable_file(Path(path), " (ground truth)")
     if not path.is_file():
         raise UserError(f"ground-truth file not found: {path}; {DOWNLOAD_HINT}")
     data = path.read_bytes()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import UserError, is_utf8
+from errors import UserError, is_utf8, special_kind
 from model.backbone import CVNET_INPUT, InputNorm
 
 # BGR order, as in the official loader (_MEAN / _SD of CVNet's test dataset).
@@ -46,8 +46,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                         "rename the file or folder")
     if not os.path.exists(path):
         raise UserError(f"cannot read image {path}: file does not exist; check the dataset directory")
-    if not os.path.isfile(path):
-        raise UserError(f"cannot read image {path}: not a regular file; check the dataset directory")
+    if not os.path.isfile(path):  # a directory, or a FIFO or device that would block or stream forever
+        raise UserError(f"cannot read image {path}: not a regular file ({special_kind(path)}); check the dataset "
+                        "directory")
     if os.path.getsize(path) == 0:
         raise UserError(f"cannot read image {path}: file is empty (0 bytes); download it again")
     if jpeg_truncated(path):  # OpenCV would decode it with a warning, the missing part gray
@@ -72,6 +73,10 @@ def require_images(paths: Sequence[str | os.PathLike], what: str) -> None:
         raise UserError(f"{len(foreign)} of {len(paths)} {what} images have names that are not valid UTF-8, "
                         f"which OpenCV cannot open, first {foreign[0]!r}: rename them")
     missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
+    special = [p for p in missing if special_kind(p) not in (None, "a directory")]
+    if special:  # a FIFO or device would block or stream forever once opened: never "missing"
+        raise UserError(f"{len(special)} of {len(paths)} {what} images are not regular files, first {special[0]} "
+                        f"({special_kind(special[0])}): replace them with the image files")
     if missing:
         raise UserError(f"{len(missing)} of {len(paths)} {what} images are missing, first {missing[0]}: "
                         "check TEST.DATA_DIR and download the images (README: Reproducing the paper)")

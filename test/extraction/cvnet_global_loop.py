@@ -38,6 +38,7 @@ from errors import UserError
 from model.cvnet_global import combine_scales, cvnet_single_scale
 from test.data.images import crop_box, normalize, read_image
 from test.extraction.extract import _ErrorsAsValues, autocast_context
+from test.extraction.runtime import quiet_worker
 
 CVNET_SCALES = (0.7071, 1.0, 1.4142)
 UPSCALE = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}  # linear: CVNet's code
@@ -94,7 +95,7 @@ def extract_cvnet_global(backbone, paths, bboxes=None, device="cpu", scales=CVNE
     if len(dataset) == 0:
         raise UserError(f"{desc}: no images to extract")
     loader = DataLoader(_ErrorsAsValues(dataset), batch_size=None, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=quiet_worker if num_workers else None)
     per_scale = torch.zeros(len(dataset.scales), len(dataset), backbone.head.fc.out_features)
     with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
         for index, images in loader:

@@ -20,9 +20,12 @@ def resolve_device(name: str, flag: str = "DEVICE", local_rank: int | None = Non
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError(f"{flag} {name}: no CUDA device is available here; use {flag} cpu or auto")
+    given = name
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA devices here")
+        source = (f"{flag} {given} with LOCAL_RANK={local_rank} (environment, set by torchrun)" if given != name
+                  else f"{flag} {name}")
+        raise UserError(f"{source}: only {torch.cuda.device_count()} CUDA devices here")
     return device

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 from dataclasses import dataclass, replace
 
 import torch
@@ -62,8 +63,16 @@ def tune_process(threads: int = 0) -> None:
     torch.set_num_threads(threads if threads > 0 else usable_cores())
 
 
+def quiet_worker(_worker_id: int = 0) -> None:
+    """Ctrl-C reaches every process of the terminal's group: a DataLoader worker ignores it, so only
+    the main process reports it (one line) and shuts the workers down, with no traceback from each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def tune_worker(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: the allocator fix; one thread (decoding is one image per worker)."""
+    """DataLoader worker_init_fn: `quiet_worker`, the allocator fix, one thread (decoding is one
+    image per worker)."""
+    quiet_worker()
     keep_freed_memory()
     torch.set_num_threads(1)
 

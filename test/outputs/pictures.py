@@ -182,6 +182,7 @@ def write_pictures(folder, gnd, Q, X, ranks_global, ranks, n_queries, topk, rera
         raise UserError(f"cannot write pictures to {folder}: {error.strerror}") from None
     Q, X = np.asarray(Q, np.float32), np.asarray(X, np.float32)
     n = min(n_queries, len(Q))
+    topk = max(1, min(topk, np.asarray(ranks).shape[0]))  # a row never shows more than the ranking holds
     scores = reranked_scores(Q, X, ranks_global, ranks, n, reranking)
     entries = gnd["gnd"][:n]
     aps = (query_aps(ranks_global, entries, len(gnd["db_paths"])), query_aps(ranks, entries, len(gnd["db_paths"])))

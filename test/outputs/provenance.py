@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from errors import log_safe, readable_file
 from model.fingerprint import weights_sha256
 from test.outputs.writer import atomic_write, save_json
 
@@ -72,14 +73,29 @@ def header_lines(header: dict) -> list[str]:
 
 
 def config_lines(cfg) -> list[str]:
-    """The full merged config as YAML, indented under a `full config:` line (pycls dump_cfg)."""
-    return ["full config:"] + ["  " + line for line in cfg.dump().rstrip().splitlines()]
+    """The full merged config as YAML, indented under a `full config:` line (pycls dump_cfg). Text
+    values are escaped first (`errors.log_safe`): YAML would fold a value holding a line break over
+    several lines, and each would read as a line of the log."""
+    shown = cfg.clone()
+    shown.defrost()
+
+    def escape(node):
+        for key, value in node.items():
+            if isinstance(value, dict):  # a CfgNode section
+                escape(value)
+            elif isinstance(value, str):
+                node[key] = log_safe(value)
+            elif isinstance(value, list):
+                node[key] = [log_safe(v) if isinstance(v, str) else v for v in value]
+    escape(shown)
+    return ["full config:"] + ["  " + line for line in shown.dump().rstrip().splitlines()]
 
 
 def config_unchanged(out_dir, cfg) -> bool:
     """<OUT_DIR>/config.yaml already holds exactly this config (e.g. it was given back with --cfg)."""
+    path = readable_file(Path(out_dir) / "config.yaml", " (OUT_DIR)")
     try:
-        return (Path(out_dir) / "config.yaml").read_text() == cfg.dump()
+        return path.read_text() == cfg.dump()
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -133,7 +149,7 @@ def append_result(out_dir, record) -> Path:
     """Add `record` to <OUT_DIR>/results.json (a JSON list; the caller holds the OUT_DIR lock)."""
     path = Path(out_dir) / "results.json"
     records = []
-    if path.is_file():
+    if readable_file(path, " (OUT_DIR)").is_file():
         try:
             records = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError, RecursionError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UserError
+from errors import UserError, special_kind
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
@@ -61,18 +62,32 @@ def input_named(path) -> str | None:
     return _input_files.get((stat.st_dev, stat.st_ino))
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
 def refuse_input(path) -> None:
-    """UserError when `path` is, or would land inside, an input of this run."""
+    """UserError when `path`, or where it points (a symbolic link is followed to its final target),
+    is or would land inside an input of this run, is a special file (a FIFO, a device, a socket, a
+    directory), or has a name longer than the file system allows. Called before any work for every
+    output, and again by every write."""
     path = Path(path)
+    target = path.resolve()
+    shown = path if target == path.absolute() else f"{path} (a link to {target})"
     what = input_named(path)
     if what is not None:
-        raise UserError(f"refusing to write {path}: it is an input of this run ({what}); choose another "
+        raise UserError(f"refusing to write {shown}: it is an input of this run ({what}); choose another "
                         "output name")
-    parent = path.parent.resolve()
-    for folder, what in _input_folders.items():
-        if parent == folder or folder in parent.parents:
-            raise UserError(f"refusing to write {path}: it lies inside {folder}, an input folder of this run "
-                            f"({what}); choose an output folder outside it")
+    for parent in {path.parent.resolve(), target.parent}:
+        for folder, what in _input_folders.items():
+            if parent == folder or folder in parent.parents:
+                raise UserError(f"refusing to write {shown}: it lies inside {folder}, an input folder of this run "
+                                f"({what}); choose an output folder outside it")
+    kind = special_kind(path)
+    if kind is not None:
+        raise UserError(f"cannot write {shown}: it is {kind}; remove or rename it, or choose another output name")
+    if len(os.fsencode(path.name)) > NAME_MAX:
+        raise UserError(f"cannot write {str(path)[:80]}...: its name is {len(os.fsencode(path.name))} bytes, more "
+                        f"than the {NAME_MAX} a file name may have; choose a shorter output name")
 
 
 def refuse_output_folder(folder, flag: str) -> None:
@@ -107,8 +122,17 @@ def _remove(path: Path) -> None:
         pass
 
 
+def _temp_stem(name: str) -> str:
+    """`name` as it appears in its temporary files: shortened (with a hash of the whole name, so two
+    long names never share one) when the temporary name would pass NAME_MAX."""
+    if len(os.fsencode(name)) <= NAME_MAX - 80:  # ".", ".tmp.", host (40), pid, random: under 80
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return os.fsdecode(os.fsencode(name)[:100]).rstrip("\udcff") + "~" + digest
+
+
 def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+    return path.with_name(f".{_temp_stem(path.name)}.tmp.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
 def atomic_write(path, data, what: str = "") -> Path:
@@ -119,9 +143,10 @@ def atomic_write(path, data, what: str = "") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create {path.parent}{what}: {error.strerror or error}") from None
+    remove_stale_temps(path.parent, path.name)
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "xb") as handle:
             if callable(data):
                 data(handle)
             else:
@@ -174,7 +199,7 @@ def remove_stale_temps(folder, name=None) -> None:
         return
     for entry in names:
         match = _TEMP.match(entry)
-        if not match or (name is not None and match["name"] != name):
+        if not match or (name is not None and match["name"] != _temp_stem(name)):
             continue
         if match["host"] == _HOST and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])):
             try:
@@ -190,11 +215,21 @@ class OutDirLock:
         self.folder, self.flag, self.handle = Path(folder), flag, None
 
     def __enter__(self):
+        lock = self.folder / ".lock"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.folder / ".lock", "a+")
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
+        if os.path.islink(lock) or special_kind(lock) is not None:  # never opened through a link or a FIFO
+            raise UserError(f"cannot lock {self.folder} ({self.flag}): its run lock {lock} is "
+                            f"{'a symbolic link' if os.path.islink(lock) else special_kind(lock)}, not a file; "
+                            "remove it (a run recreates it)")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            self.handle = os.fdopen(fd, "a+")
+        except OSError as error:
+            raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error} (opening its "
+                            f"run lock {lock})") from None
         try:
             # POSIX record locks belong to this process alone: DataLoader workers forked from it do
             # not inherit them, so a killed run never leaves its folder locked by an orphan.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError, is_int
+from errors import UserError, is_int, readable_file
 
 EXTRACT_HINT = "extract them with `python extract_rop1m.py` (see the README, +1M distractors)"
 OVERRIDE_KEY = "SupG.distractors_check False"
@@ -81,11 +81,13 @@ def load_r1m_features(path, expected_fingerprint=None, check=True, *, dim=None, 
     refuses non-finite rows, so a caller may skip this pass).
     """
     path = Path(path)
+    if not path.is_dir():
+        readable_file(path, " (distractor features)")
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
         raise UserError(f"distractor features {what}: {path}; {EXTRACT_HINT}, or set SupG.distractors_path")
     sidecar = sidecar_path(path)
-    meta = _read_sidecar(sidecar, path) if sidecar.is_file() else None
+    meta = _read_sidecar(sidecar, path) if readable_file(sidecar, f" (the sidecar of {path})").is_file() else None
     checked = False
     if meta is not None and check and expected_fingerprint is not None:
         _check_fingerprint(meta["fingerprint"], expected_fingerprint, path, sidecar)
@@ -113,6 +115,7 @@ def _read_sidecar(sidecar: Path, path: Path) -> dict:
     def invalid(what):
         return UserError(f"invalid sidecar {sidecar} of {path}: {what}; {EXTRACT_HINT} again")
 
+    readable_file(sidecar, f" (the sidecar of {path})")
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
@@ -155,6 +158,7 @@ def _check_fingerprint(found: dict, expected: dict, path: Path, sidecar: Path) -
 
 def _open_matrix(path: Path):
     """(matrix, format, memory-mapped?) according to the file's magic bytes."""
+    readable_file(path, " (distractor features)")
     with open(path, "rb") as handle:
         magic = handle.read(8)
     if not magic:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from errors import UserError
+from errors import UserError, readable_file
 from model.backbone import CVNET_INPUT
 from model.fingerprint import file_sha256, fingerprint_differences
 from test.data.images import read_chw
@@ -61,7 +61,7 @@ def read_image_list(root, list_name=LIST_NAME):
     root_path = Path(root)
     if not root_path.is_dir():
         raise UserError(f"data directory not found: {root} (--data-dir): it must hold {list_name} and {IMAGE_DIR}/")
-    list_path = root_path / list_name
+    list_path = readable_file(root_path / list_name, " (the image list in --data-dir)")
     if not list_path.is_file():
         raise UserError(f"image list not found: {list_path}: download {list_name} into --data-dir "
                         "(README: +1M distractors)")
@@ -217,6 +217,43 @@ def run_identity(fingerprint, image_list, shard_size, dim):
             "shard_size": shard_size, "feature_dim": dim}
 
 
+# The fields each JSON record of the job must hold, with their types: the one reader below checks
+# them, so a record that is valid JSON of another shape is never indexed into.
+_IMAGE_LIST = {"sha256": str, "count": int}
+RUN_FIELDS = {"format": str, "fingerprint": dict, "image_list": dict, "shard_size": int, "feature_dim": int}
+PART_FIELDS = {"format": str, "start": int, "end": int, "dim": int, "data_bytes": int, "data_sha256": str,
+               "failed": list, "fingerprint": dict, "image_list": dict}
+SIDECAR_FIELDS = {"format": str, "fingerprint": dict, "image_list": dict, "output_bytes": int,
+                  "output_sha256": str}
+
+
+def _shape_problem(value, fields):
+    if not isinstance(value, dict):
+        return f"expected a JSON object, found {type(value).__name__}"
+    for key, kind in fields.items():
+        if key not in value:
+            return f"it lacks the key {key!r}"
+        if not isinstance(value[key], kind) or (kind is int and isinstance(value[key], bool)):
+            return f"{key!r} is {type(value[key]).__name__}, expected {kind.__name__}"
+    if any(not isinstance(item, dict) or not isinstance(item.get("index"), int) for item in value.get("failed", [])):
+        return "'failed' holds an entry without an integer 'index'"
+    if "image_list" in fields:
+        problem = _shape_problem(value["image_list"], _IMAGE_LIST)
+        return problem and f"image_list: {problem}"
+    return None
+
+
+def read_record(path, fields) -> dict:
+    """The JSON object at `path` (run.json, a part record, the output's sidecar), checked to hold
+    `fields` with their types. ValueError saying what is wrong when it is not JSON, not an object,
+    or lacks a field; OSError when it cannot be read; UserError when it is not a regular file."""
+    record = json.loads(readable_file(Path(path)).read_text())
+    problem = _shape_problem(record, fields)
+    if problem:
+        raise ValueError(f"{Path(path).name}: {problem}")
+    return record
+
+
 def identity_differences(expected, found):
     """`key: now vs then` for each setting on which two run identities disagree."""
     diffs = fingerprint_differences(expected.get("fingerprint", {}), found.get("fingerprint", {}))
@@ -250,9 +287,9 @@ class WorkDir:
     def open(self, create=True):
         """Check (or create) run.json; UserError naming the differences when it is another run's."""
         run_file = self.path / "run.json"
-        if run_file.is_file():
+        if readable_file(run_file).is_file():
             try:
-                stored = json.loads(run_file.read_text())
+                stored = read_record(run_file, RUN_FIELDS)
             except (OSError, ValueError, RecursionError) as error:
                 raise UserError(f"cannot read {run_file} ({error}); {self._start_over()}") from None
             diffs = identity_differences(stored, self.identity)
@@ -281,7 +318,7 @@ class WorkDir:
         A finished part made with other settings is refused (UserError naming the differences)."""
         data_file, record_file = self._names(part)
         try:
-            record = json.loads(record_file.read_text())
+            record = read_record(record_file, PART_FIELDS)
             start, end = self.ranges[part]
             ok = (record.get("format") == PART_FORMAT and record.get("start") == start
                   and record.get("end") == end and record.get("dim") == self.dim
@@ -406,7 +443,7 @@ def completed_sidecar(output, identity):
     complete), else None."""
     output = Path(output)
     try:
-        sidecar = json.loads(sidecar_path(output).read_text())
+        sidecar = read_record(sidecar_path(output), SIDECAR_FIELDS)
         same = (sidecar.get("format") == SIDECAR_FORMAT and sidecar.get("fingerprint") == identity["fingerprint"]
                 and sidecar.get("image_list") == identity["image_list"]
                 and output.stat().st_size == sidecar.get("output_bytes")  # cheap first: no hashing when it differs

@@ -15,8 +15,10 @@ import time
 import numpy as np
 import torch
 
+from config import beta_max
 from errors import UserError
 from modules.reranking.rerank import (
+    FiniteScores,
     auto_chunk_size,
     check_arguments,
     compute_dtype,
@@ -63,6 +65,9 @@ def parse_grid(M_text, K_text, beta_text):
                         f"(K={Ks[-1]} >= M={Ms[0]}); drop the large K or the small M")
     if betas[0] < 0:
         raise UserError(f"--beta {beta_text!r}: every beta must be >= 0, got {betas[0]:g}")
+    if betas[-1] > beta_max(Ks[-1]):
+        raise UserError(f"--beta {beta_text!r}: every beta must be at most {beta_max(Ks[-1]):.4g} with K up to "
+                        f"{Ks[-1]}: float32 neighbour weights beta x similarity, summed over K + 1, overflow above")
     return Ms, Ks, betas
 
 
@@ -100,6 +105,7 @@ def _tops_for_m(Q, X, top_all, Ks, betas, chunk_size):
     for K in Ks:
         chunk = chunk_size or auto_chunk_size(m, X.shape[1], K, compute_dtype(Q, X), X.device)
         groups.setdefault(min(chunk, nq), []).append(K)
+    finite = {(K, beta): FiniteScores() for K in Ks for beta in betas}
     for chunk, group in groups.items():
         for start, top, q, x_top, gram_out in gathered_chunks(Q, X, top_all, chunk):
             values, neighbours = top_entries(gram_matrices(x_top, gram_out), min(max(group) + 1, m))
@@ -108,8 +114,11 @@ def _tops_for_m(Q, X, top_all, Ks, betas, chunk_size):
                 k = min(K + 1, m)
                 near, near_values = neighbours[..., :k].contiguous(), values[..., :k].contiguous()
                 for beta in betas:
-                    new_top, _ = rerank_block(top, q, x_top, near, neighbour_weights(near_values, beta), q_raw)
+                    new_top, scores = rerank_block(top, q, x_top, near, neighbour_weights(near_values, beta), q_raw)
+                    finite[(K, beta)].add(scores)
                     out[(K, beta)][start:start + len(top)] = new_top
+    for (_, beta), check in finite.items():
+        check.require(nq, beta)
     return {key: top.T.cpu() for key, top in out.items()}
 
 
