@@ -23,7 +23,7 @@ from test.device import resolve_device
 from test.distractors import load_distractors
 from test.extract import autocast_context
 from test.feature_cache import FeatureCache
-from test.pipeline import build_extractor, evaluate_dataset
+from test.pipeline import build_cvnet_scorer, build_extractor, evaluate_dataset
 from test.provenance import (append_result, config_lines, config_unchanged, header_lines, new_run_id, result_record,
                              run_header, write_config)
 from test.run_log import RunLog
@@ -61,6 +61,8 @@ def config_summary(cfg, device):
         pooling = (f"{flags} (gemp_p={supg.gemp_p} rgem_p={supg.rgem_p} rgem_size={supg.rgem_size} "
                    f"relup_alpha={supg.relup_alpha} relup_stage1_quirk={supg.relup_stage1_quirk})")
     rerank = f"rerank=True (M={supg.M} K={supg.K} beta={supg.beta})" if supg.rerank else "rerank=False"
+    if cfg.CVNET.RERANK:
+        rerank += f" cvnet_rerank=True (topk={cfg.CVNET.TOPK} mix_ratio={cfg.CVNET.MIX_RATIO})"
     return (f"config: {model} scales={scales_of(cfg.TEST.SCALE_LIST)} {pooling} {rerank} "
             f"onemeval={supg.onemeval} precision={cfg.TEST.PRECISION} device={device}")
 
@@ -71,6 +73,9 @@ def refuse_unsupported(cfg, datasets):
         if cfg.TEST.DESCRIPTOR == "cvnet" and not dataset.supports_cvnet:
             raise UserError(f"{dataset.name}: TEST.DESCRIPTOR cvnet is defined for revisitop-style datasets "
                             "only; use TEST.DESCRIPTOR superglobal")
+        if cfg.CVNET.RERANK and dataset.gnd is None:
+            raise UserError(f"{dataset.name}: CVNET.RERANK needs revisitop-style ground truth (easy, hard, junk: "
+                            "CVNet's candidate selection skips junk); set CVNET.RERANK False")
         if cfg.SupG.onemeval and not dataset.supports_distractors:
             raise UserError(f"{dataset.name}: SupG.onemeval (R1M distractors) is defined for revisitop-style "
                             "datasets only; set SupG.onemeval False")
@@ -111,6 +116,7 @@ def run(cfg, argv, log):
         refuse_output_folder(cfg.TEST.CACHE_DIR, "TEST.CACHE_DIR")
     extract, weights = build_extractor(cfg, device)
     register_input(weights, "TEST.WEIGHTS")
+    cvnet_scorer, _ = build_cvnet_scorer(cfg, device)
     fingerprint = descriptor_fingerprint(cfg, weights)
     distractors, described = open_distractors(cfg, fingerprint) if cfg.SupG.onemeval else (None, None)
     refuse_outputs_over_inputs(cfg, datasets, argv)
@@ -126,8 +132,9 @@ def run(cfg, argv, log):
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint,
                              descriptor_dim(cfg))
     for dataset in datasets:
-        results, timings = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, header["run_id"])
-        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings))
+        results, timings, extra = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log,
+                                                   header["run_id"], cvnet_scorer)
+        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings, extra))
 
 
 def run_logged(cfg, argv):
