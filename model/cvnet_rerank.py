@@ -102,11 +102,12 @@ def interpolate4d(corr, size):
     then over the last two, as CVNet's Geometry.interpolate4d."""
     bsz, h1, w1, h2, w2 = corr.shape
     ha, wa, hb, wb = size
-    out = F.interpolate(corr.reshape(bsz, h1, w1, h2 * w2).permute(0, 3, 1, 2), (ha, wa), mode="bilinear",
-                        align_corners=True)
-    out = F.interpolate(out.reshape(bsz, h2, w2, ha * wa).permute(0, 3, 1, 2), (hb, wb), mode="bilinear",
-                        align_corners=True)
-    return out.reshape(bsz, ha, wa, hb, wb)
+    if (h1, w1) != (ha, wa):  # same size: align_corners maps every sample onto itself, an identity
+        corr = F.interpolate(corr.reshape(bsz, h1, w1, h2 * w2).permute(0, 3, 1, 2), (ha, wa), mode="bilinear",
+                             align_corners=True).reshape(bsz, h2, w2, ha, wa).permute(0, 3, 4, 1, 2)
+    if (h2, w2) != (hb, wb):
+        corr = F.interpolate(corr.reshape(bsz, ha * wa, h2, w2), (hb, wb), mode="bilinear", align_corners=True)
+    return corr.reshape(bsz, ha, wa, hb, wb)
 
 
 class ScaledFeatures:
