@@ -47,13 +47,18 @@ from test.synthetic import REAL_DATA, real_sizes, write_checkpoint  # noqa: E402
 PAPER_SPEEDUP = 64865
 
 
-def first_stage(gnd, queries, n_db, seed=0):
-    """(N x nq) ranks: per landmark a shared random database order, the query's easy, hard and junk
-    images first (in that same order)."""
-    rng = np.random.default_rng(seed)
-    shared = rng.permutation(n_db)
+def landmarks():
+    """Landmark id of every ROxford5k query (the second field of its sizes line)."""
+    lines = (REAL_DATA / "roxford5k_sizes_query.txt").read_text().split()
+    return [int(line.split(",")[1]) for line in lines]
+
+
+def first_stage(gnd, queries, n_db, landmark, seed=0):
+    """(N x nq) ranks: per landmark one shared random database order, each query's easy, hard and
+    junk images first (in that same order)."""
     ranks = []
     for q in queries:
+        shared = np.random.default_rng([seed, landmark[q]]).permutation(n_db)
         relevant = np.zeros(n_db, bool)
         for key in ("easy", "hard", "junk"):
             relevant[np.asarray(gnd[q][key], dtype=np.int64)] = True
@@ -61,18 +66,22 @@ def first_stage(gnd, queries, n_db, seed=0):
     return np.stack(ranks, axis=1)
 
 
-def write_images(folder, sizes, divisor, boxes=None, seed=0):
-    """JPEGs at (w, h) / divisor; with boxes, the boxes scaled the same way. Returns paths, boxes."""
+def write_queries(folder, sizes, divisor, seed):
+    """Query images at their cropped sizes (the sizes list holds the crops), boxes = the whole image."""
+    paths, _ = write_images(folder, sizes, divisor, seed=seed)
+    return paths, [[0.0, 0.0, max(16, w // divisor), max(16, h // divisor)] for w, h in sizes]
+
+
+def write_images(folder, sizes, divisor, seed=0):
+    """JPEGs at (w, h) / divisor (at least 16 pixels a side); returns their paths and None."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    paths, scaled = [], []
+    paths = []
     for i, (w, h) in enumerate(sizes):
         path = folder / f"{i:04d}.jpg"
         cv2.imwrite(str(path), photo_like(max(16, w // divisor), max(16, h // divisor), rng))
         paths.append(str(path))
-        if boxes is not None:
-            scaled.append([v / divisor for v in boxes[i]])
-    return paths, (scaled if boxes is not None else None)
+    return paths, None
 
 
 class Usage:
@@ -170,7 +179,7 @@ def main():
     parser.add_argument("--topk", type=int, default=100, help="CVNet's top-k per protocol (part 1)")
     parser.add_argument("--timed-pairs", type=int, default=1, help="pairs timed per query in part 1 (0: all)")
     parser.add_argument("--divisor", type=int, default=1, help="image size divisor of part 1 (1: real sizes)")
-    parser.add_argument("--compare-queries", type=int, default=5, help="queries of part 2 (one landmark: 5)")
+    parser.add_argument("--compare-queries", type=int, default=5, help="queries of part 2, all of one landmark")
     parser.add_argument("--compare-topk", type=int, default=10)
     parser.add_argument("--compare-divisor", type=int, default=4)
     parser.add_argument("--json", default="")
@@ -193,8 +202,9 @@ def main():
     rows, report = [], {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"}
     # part 1 ---------------------------------------------------------------------------------
+    landmark = landmarks()
     queries = list(range(args.queries))
-    ranks = first_stage(gnd, queries, n_db)
+    ranks = first_stage(gnd, queries, n_db, landmark)
     local_gnd = [gnd[q] for q in queries]
     pairs, _ = scored_pairs(ranks, select_candidates(candidate_labels(ranks, local_gnd), args.topk))
     needed = np.unique(pairs[:, 0])
@@ -203,8 +213,7 @@ def main():
     written, _ = write_images(work / "db", [db_sizes[i] for i in np.unique(timed_ids)], args.divisor)
     for i, path in zip(np.unique(timed_ids), written):
         db_paths[i] = path
-    q_paths, q_boxes = write_images(work / "q", [q_sizes[q] for q in queries], args.divisor,
-                                    boxes=[gnd[q]["bbx"] for q in queries], seed=1)
+    q_paths, q_boxes = write_queries(work / "q", [q_sizes[q] for q in queries], args.divisor, seed=1)
     sg_usage, sg_seconds = superglobal_per_query(len(queries), n_db)
     with Usage() as cv_usage:
         per_query = cvnet_per_query(model, pairs, q_paths, q_boxes, db_paths, args.timed_pairs, device)
@@ -232,8 +241,8 @@ def main():
           "first stage, and the paper's exact counting (loading, extraction, batch) is not stated, so only the "
           "order of magnitude is comparable.")
     # part 2 ---------------------------------------------------------------------------------
-    queries = list(range(args.compare_queries))
-    ranks = first_stage(gnd, queries, n_db, seed=1)
+    queries = [q for q in range(len(landmark)) if landmark[q] == landmark[0]][:args.compare_queries]
+    ranks = first_stage(gnd, queries, n_db, landmark, seed=1)
     pairs, _ = scored_pairs(ranks, select_candidates(candidate_labels(ranks, [gnd[q] for q in queries]),
                                                      args.compare_topk))
     needed = np.unique(pairs[:, 0])
@@ -241,14 +250,13 @@ def main():
     written, _ = write_images(work / "db_small", [db_sizes[i] for i in needed], args.compare_divisor, seed=2)
     for i, path in zip(needed, written):
         small[i] = path
-    q_paths, q_boxes = write_images(work / "q_small", [q_sizes[q] for q in queries], args.compare_divisor,
-                                    boxes=[gnd[q]["bbx"] for q in queries], seed=3)
+    q_paths, q_boxes = write_queries(work / "q_small", [q_sizes[q] for q in queries], args.compare_divisor, seed=3)
     with Usage() as loop:
         plain = per_pair_loop(model, pairs, q_paths, q_boxes, small, device)
     scorer = PairScorer(model, device)
     with Usage() as cached:
         fast = scorer.score(pairs, q_paths, q_boxes, small, desc="cached")
-    print(f"\ncached/batched vs CVNet's per-pair loop, same {len(pairs)} pairs ({args.compare_queries} queries, "
+    print(f"\ncached/batched vs CVNet's per-pair loop, same {len(pairs)} pairs ({len(queries)} queries, "
           f"top-{args.compare_topk}, {len(needed)} distinct images, images at 1/{args.compare_divisor}):")
     print(f"{'path':<22} {'wall s':>8} {'user s':>8} {'sys s':>7} {'faults':>9} {'peak MiB':>9}")
     for name, u in (("per-pair loop", loop), ("cached + batched", cached)):
