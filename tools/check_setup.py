@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import load_cfg_from_args  # noqa: E402
 from errors import UserError  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
+from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights  # noqa: E402
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.custom_dataset import load_dataset_entry  # noqa: E402
 from test.distractors import load_distractors  # noqa: E402
@@ -104,11 +105,23 @@ def check_distractors(report, cfg, weights):
     report.ok("distractors", info.describe().removeprefix("distractors: "))
 
 
+def check_rerank_weights(report, cfg):
+    """CVNET.RERANK: the checkpoint's CVNet-Rerank network (conv2ds.*, cv_learner.*) loads strictly."""
+    try:
+        path = load_rerank_weights(build_cvnet_rerank(cfg.MODEL.DEPTH), cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    except UserError as error:
+        report.problem("CVNet-Rerank weights", error)
+        return
+    report.ok("CVNet-Rerank weights", f"{path} (conv2ds, cv_learner of ResNet-{cfg.MODEL.DEPTH})")
+
+
 def check_setup(cfg):
     report = Report()
     for entry in cfg.TEST.DATASET_LIST:
         check_dataset(report, cfg, entry)
     weights = check_weights(report, cfg)
+    if cfg.CVNET.RERANK:
+        check_rerank_weights(report, cfg)
     if cfg.SupG.onemeval:
         check_distractors(report, cfg, weights)
     return report
