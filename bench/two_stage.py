@@ -1,6 +1,6 @@
 """Two-stage cost, side by side: SuperGlobal reranking against CVNet-Rerank for the same queries.
 
-    python bench/two_stage.py                    # a few minutes on 2 CPU cores
+    python bench/two_stage.py                    # about 4 CPU minutes (wall: more on a busy machine)
     python bench/two_stage.py --timed-pairs 0    # time every candidate pair (CPU: hours at full size)
     python bench/two_stage.py --device cuda --timed-pairs 0 --compare-topk 100 --compare-divisor 1
 
