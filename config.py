@@ -69,6 +69,11 @@ _C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image
 _C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_<backbone>.pth (RN50, RN101, LITE0)
 _C.SupG.distractors_check = True  # refuse R1M features whose sidecar names other weights or flags
 
+_C.CVNET = CfgNode()
+_C.CVNET.RERANK = False  # rerank the first stage with CVNet-Rerank (docs/two_stage.md; needs SupG.rerank False)
+_C.CVNET.TOPK = 100  # CVNet-Rerank: candidates per query and protocol (CVNet's TEST.TOPK_LIST)
+_C.CVNET.MIX_RATIO = 0.5  # CVNet-Rerank: order by global similarity + MIX_RATIO x CVNet-Rerank score
+
 _C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
 _C.OUT_DIR = "."  # where log.txt (appended) and saved features go
 _C.VERSION = 1  # config format version, recorded in config.yaml so a --cfg file of an older one still reads
@@ -291,17 +296,32 @@ def validate(config):
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
         ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
+        ("CVNET.TOPK", flat["CVNET.TOPK"] >= 1, "an integer >= 1"),
+        ("CVNET.MIX_RATIO", flat["CVNET.MIX_RATIO"] >= 0, "a number >= 0"),
         ("DEVICE", DEVICE_PATTERN.fullmatch(flat["DEVICE"]) is not None,
          "auto, cpu, cuda or cuda:N (N from 0 to 127)"),
     ]
     for key, ok, expected in checks:
         if not ok:
             raise _bad_value(flat, key, expected)
+    _refuse_contradictions(flat)
     for key, value in flat.items():
         texts = value if isinstance(value, list) else [value]
         if any(isinstance(text, str) and not is_utf8(text) for text in texts):
             raise UserError(f"bad value {value!r} for {key}: it holds bytes that are not UTF-8 (a file or "
                             "folder name in another encoding); rename it")
+
+
+def _refuse_contradictions(flat):
+    """Settings that cannot hold together stop before any work."""
+    if not flat["CVNET.RERANK"]:
+        return
+    if flat["SupG.rerank"]:
+        raise UserError("CVNET.RERANK True and SupG.rerank True both rerank the first stage: choose one "
+                        "(add SupG.rerank False for CVNet-Rerank)")
+    if flat["SupG.onemeval"]:
+        raise UserError("CVNET.RERANK with SupG.onemeval needs the pixels of the R1M images among the candidates, "
+                        "which test.py does not read: set SupG.onemeval False (docs/two_stage.md)")
 
 
 def describe_keys():

@@ -65,6 +65,8 @@ def config_summary(cfg, device):
         pooling = (f"{flags} (gemp_p={supg.gemp_p} rgem_p={supg.rgem_p} rgem_size={supg.rgem_size} "
                    f"relup_alpha={supg.relup_alpha} relup_stage1_quirk={supg.relup_stage1_quirk})")
     rerank = f"rerank=True (M={supg.M} K={supg.K} beta={supg.beta})" if supg.rerank else "rerank=False"
+    if cfg.CVNET.RERANK:
+        rerank += f" cvnet_rerank=True (topk={cfg.CVNET.TOPK} mix_ratio={cfg.CVNET.MIX_RATIO})"
     return (f"config: {model} scales={scales_of(cfg.TEST.SCALE_LIST)} {pooling} {rerank} "
             f"onemeval={supg.onemeval} precision={cfg.TEST.PRECISION} device={device}")
 
@@ -87,9 +89,9 @@ def run(cfg, argv, log):
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint,
                              descriptor_dim(cfg))
     for dataset in prepared.datasets:
-        results, timings = evaluate_dataset(cfg, dataset, prepared.extract, cache, prepared.distractors, device,
-                                            log, header["run_id"])
-        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings))
+        results, timings, extra = evaluate_dataset(cfg, dataset, prepared.extract, cache, prepared.distractors,
+                                                   device, log, header["run_id"], prepared.cvnet_scorer)
+        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings, extra))
 
 
 def run_logged(cfg, argv):

@@ -10,16 +10,19 @@ import torch
 
 from config import scales_of
 from errors import UserError
+from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights
 from modules.reranking import rerank
 from test.build import load_descriptor
 from test.extraction.cvnet_global_loop import extract_cvnet_global
 from test.extraction.extract import extract_features
 from test.extraction.runtime import options_from_cfg, workers_for
 from test.outputs.pictures import write_pictures
-from test.outputs.provenance import Timings
+from test.outputs.provenance import Timings, result_scores
 from test.outputs.writer import save_npz
 from test.r1m.search import evaluate_from_search, rerank_top, search_with_r1m, top_ranks, wanted_from_protocols
+from test.retrieval.evaluate import compute_map
 from test.retrieval.similarity import rank_by_similarity, top_by_similarity
+from test.two_stage.cvnet_rerank import PROTOCOLS, PairScorer, cache_summary, cvnet_rerank
 
 
 def method_name(cfg) -> str:
@@ -99,8 +102,41 @@ def search(cfg, dataset, Q, X, distractors, timings):
     return ranks_global.cpu().numpy(), ranks, results
 
 
-def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run_id=""):
-    """The whole flow for one dataset; returns (results, timings)."""
+def build_cvnet_scorer(cfg, device):
+    """(PairScorer of CVNet-Rerank with TEST.WEIGHTS, weights file) when CVNET.RERANK is on, else
+    (None, None). Weights without the reranking network stop here, before any work."""
+    if not cfg.CVNET.RERANK:
+        return None, None
+    reranker = build_cvnet_rerank(cfg.MODEL.DEPTH)
+    weights = load_rerank_weights(reranker, cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    return PairScorer(reranker, device, num_workers=workers_for(cfg.TEST.NUM_WORKERS, device)), weights
+
+
+def rerank_with_cvnet(cfg, dataset, scorer, Q, X, ranks_global):
+    """CVNet-Rerank of the first-stage ranking: (results per protocol from its own ranking,
+    rankings {'E','M','H'}, pairs, scores)."""
+    similarity = (X @ Q.T).cpu().numpy()
+    split = dataset.queries
+    rankings, pairs, scores = cvnet_rerank(scorer, ranks_global, similarity, dataset.gnd.gnd, split.paths,
+                                           split.bboxes, dataset.database.paths, cfg.CVNET.TOPK,
+                                           cfg.CVNET.MIX_RATIO, desc=f"{dataset.name} cvnet-rerank")
+    results = {}
+    for name in PROTOCOLS:
+        mean_ap, aps, mpr, prs = compute_map(rankings[name], dataset.protocols[name])
+        results[name] = {"map": mean_ap, "aps": aps, "mpr": mpr, "prs": prs}
+    return results, rankings, pairs, scores
+
+
+def reranker_record(cfg, first_stage, pairs) -> dict:
+    """What results.json says of a two-stage run."""
+    return {"reranker": {"name": "CVNet-Rerank", "topk": cfg.CVNET.TOPK, "mix_ratio": cfg.CVNET.MIX_RATIO,
+                         "image_scale": 1.0, "pairs_scored": int(len(pairs))},
+            "first_stage": {"method": method_name(cfg), "results": result_scores(first_stage)}}
+
+
+def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run_id="", cvnet_scorer=None):
+    """The whole flow for one dataset; returns (results, timings, extra results.json entries).
+    With `cvnet_scorer` the results are CVNet-Rerank's, and the first stage's go in the extra."""
     timings = Timings()
     log.write(f">> {dataset.name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with "
               f"{method_name(cfg)}")
@@ -110,7 +146,17 @@ def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run
         Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
     ranks_global, ranks, results = search(cfg, dataset, Qt, Xt, distractors, timings)
     log.write(*dataset.format(results))
+    two_stage, extra = {}, {}
+    if cvnet_scorer is not None:
+        with timings("cvnet-rerank"):
+            reranked, rankings, pairs, scores = rerank_with_cvnet(cfg, dataset, cvnet_scorer, Qt, Xt, ranks_global)
+        two_stage = {**{f"ranks_cvnet_{p}": rankings[p] for p in PROTOCOLS}, "cvnet_pairs": pairs,
+                     "cvnet_scores": scores, **{f"map_cvnet_{p}": reranked[p]["map"] for p in PROTOCOLS}}
+        extra = reranker_record(cfg, results, pairs)
     log.write(timings.line(dataset.name))
+    if cvnet_scorer is not None:
+        log.write(cache_summary(cvnet_scorer), f">> {dataset.name}: Reranking results with CVNet-Rerank",
+                  dataset.format(reranked)[0])
     out_dir = Path(cfg.OUT_DIR)
     if cfg.TEST.VIS_QUERIES and dataset.gnd is not None:
         folder = write_pictures(out_dir / "pictures" / dataset.output_name, dataset.gnd, Q, X, ranks_global, ranks,
@@ -119,5 +165,8 @@ def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run
         log.write(f"pictures of {min(cfg.TEST.VIS_QUERIES, len(Q))} queries: {folder / 'index.html'}")
     if cfg.TEST.SAVE_FEATURES:
         save_npz(out_dir / f"{dataset.output_name}.npz", " (TEST.SAVE_FEATURES)", Q=Q, X=X,
-                 ranks_global=ranks_global, ranks=ranks, run_id=np.array(run_id), **dataset.arrays(results))
-    return results, timings
+                 ranks_global=ranks_global, ranks=ranks, run_id=np.array(run_id), **dataset.arrays(results),
+                 **two_stage)
+    if cvnet_scorer is not None:
+        return reranked, timings, extra
+    return results, timings, extra

@@ -2,7 +2,8 @@
 test.py runs and tools/check_setup.py reports, so the two can never disagree.
 
 `prepare(cfg, argv)` checks the device and precision, opens every dataset (ground truth, images),
-refuses settings a dataset does not define and output folders inside inputs, loads the weights,
+refuses settings a dataset does not define and output folders inside inputs, loads the weights
+(and CVNet-Rerank's, with CVNET.RERANK),
 opens the R1M distractors (SupG.onemeval) and refuses outputs that would land on an input. It
 writes nothing. The first problem raises UserError.
 """
@@ -20,7 +21,7 @@ from test.extraction.device import resolve_device
 from test.extraction.extract import check_precision
 from test.outputs.provenance import config_unchanged
 from test.outputs.writer import forget_inputs, refuse_input, refuse_output_folder, register_input
-from test.pipeline import build_extractor
+from test.pipeline import build_cvnet_scorer, build_extractor
 from test.r1m.features import load_r1m_features
 
 
@@ -34,6 +35,7 @@ class Prepared:
     fingerprint: dict
     distractors: object = None
     described: str | None = None
+    cvnet_scorer: object = None  # CVNET.RERANK: test.two_stage.cvnet_rerank.PairScorer
 
 
 def refuse_unsupported(cfg, datasets):
@@ -42,6 +44,9 @@ def refuse_unsupported(cfg, datasets):
         if cfg.TEST.DESCRIPTOR == "cvnet" and not dataset.supports_cvnet:
             raise UserError(f"{dataset.name}: TEST.DESCRIPTOR cvnet is defined for revisitop-style datasets "
                             "only; use TEST.DESCRIPTOR superglobal")
+        if cfg.CVNET.RERANK and dataset.gnd is None:
+            raise UserError(f"{dataset.name}: CVNET.RERANK needs revisitop-style ground truth (easy, hard, junk: "
+                            "CVNet's candidate selection skips junk); set CVNET.RERANK False")
         if cfg.SupG.onemeval and not dataset.supports_distractors:
             raise UserError(f"{dataset.name}: SupG.onemeval (R1M distractors) is defined for revisitop-style "
                             "datasets only; set SupG.onemeval False")
@@ -84,6 +89,7 @@ def prepare(cfg, argv) -> Prepared:
     register_input(weights, "TEST.WEIGHTS")
     fingerprint = descriptor_fingerprint(cfg, weights)
     prepared = Prepared(device, datasets, extract, weights, fingerprint)
+    prepared.cvnet_scorer, _ = build_cvnet_scorer(cfg, device)
     if cfg.SupG.onemeval:
         prepared.distractors, prepared.described = open_distractors(cfg, fingerprint)
     refuse_outputs_over_inputs(cfg, datasets, argv)

@@ -2,8 +2,8 @@
 config or test/; test/ -> model/, modules/, config; nothing outside tests/ imports tests/; entry
 points are not imported by library code. Inside test/, the subpackages form layers (SUBPACKAGES):
 the writer, run log and provenance at the bottom, then data/, then extraction/ and retrieval/ side
-by side, then r1m/; only the top-level modules (build, datasets, preflight, pipeline) combine them. Checked on
-the source (AST), so lazy imports count too."""
+by side, then r1m/ and two_stage/; only the top-level modules (build, datasets, preflight, pipeline)
+combine them. Checked on the source (AST), so lazy imports count too."""
 
 import ast
 import sys
@@ -32,6 +32,7 @@ SUBPACKAGES = {
     "extraction": {"data", "outputs"},
     "retrieval": {"data", "outputs"},
     "r1m": {"data", "extraction", "retrieval", "outputs"},
+    "two_stage": {"data", "extraction", "retrieval", "outputs"},
 }
 WRITER_LEVEL = ("test/outputs/writer.py", "test/outputs/run_log.py", "test/outputs/provenance.py")
 

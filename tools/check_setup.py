@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 from config import load_cfg_from_args  # noqa: E402
 from errors import UserError, exit_code_of, one_line  # noqa: E402
+from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.data.custom import load_dataset_entry  # noqa: E402
@@ -138,11 +139,24 @@ def check_run(report, cfg, argv):
     report.ok("test.py checks", f"datasets, weights and the outputs in {cfg.OUT_DIR} pass test.py's checks")
 
 
+def check_rerank_weights(report, cfg):
+    """CVNET.RERANK: the checkpoint's CVNet-Rerank network (conv2ds.*, cv_learner.*) loads strictly."""
+    try:
+        path = load_rerank_weights(build_cvnet_rerank(cfg.MODEL.DEPTH), cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
+    except UserError as error:
+        report.problem("CVNet-Rerank weights", error)
+        return
+    report.ok("CVNet-Rerank weights", f"{path} (conv2ds, cv_learner of ResNet-{cfg.MODEL.DEPTH})")
+
+
 def check_setup(cfg, argv=()):
+    """Run every check for `cfg` and return the report (one row per check, the problems found)."""
     report = Report()
     for entry in cfg.TEST.DATASET_LIST:
         check_dataset(report, cfg, entry)
     weights = check_weights(report, cfg)
+    if cfg.CVNET.RERANK:
+        check_rerank_weights(report, cfg)
     if cfg.SupG.onemeval:
         check_distractors(report, cfg, weights)
     check_device(report, cfg)

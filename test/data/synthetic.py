@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from model.cvnet_rerank import COMPRESSED_DIM, FEATURE_DIM, SCALES, CVLearner
 from model.resnet import ResNet
 from test.data.gldv2 import image_path
 
@@ -47,11 +48,22 @@ def random_resnet(depth=50, seed=0, reduction_dim=2048):
     return model.eval()
 
 
-def cvnet_state(model, prefix="encoder_q."):
-    """The model's tensors as CVNet stores them, with the re-ranking network's keys beside them."""
+def rerank_head_state(seed=0):
+    """Stand-in weights of CVNet-Rerank's head with the real names and shapes (`conv2ds.*`,
+    `cv_learner.*`, PyTorch's default init); the global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.ModuleDict({"conv2ds": torch.nn.ModuleList(
+            torch.nn.Conv2d(FEATURE_DIM, COMPRESSED_DIM, 3, padding=1, bias=False) for _ in SCALES),
+            "cv_learner": CVLearner()})
+    return {k: v.clone() for k, v in head.state_dict().items()}
+
+
+def cvnet_state(model, prefix="encoder_q.", rerank_seed=0):
+    """The model's tensors as CVNet stores them, with the re-ranking network's keys beside them
+    (unprefixed, as in CVNet's checkpoints)."""
     state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
-    state["cv_learner.conv1.weight"] = torch.zeros(4, 4, 3, 3)
-    state["conv2ds.0.weight"] = torch.zeros(8, 4, 1, 1)
+    state.update(rerank_head_state(rerank_seed))
     return state
 
 

@@ -133,16 +133,21 @@ def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
-def result_record(header, cfg, fingerprint, dataset_name, results, timings) -> dict:
-    """One results.json record: mAP and mP@k per protocol (revisitop) or mAP@100 (GLDv2)."""
+def result_scores(results) -> dict:
+    """mAP and mP@k per protocol (revisitop) or mAP@100 (GLDv2), as JSON numbers (None if not finite)."""
     if "E" in results:
-        scores = {p: {"map": _finite_or_none(results[p]["map"]),
-                      "mp@k": {str(k): _finite_or_none(v) for k, v in zip(KAPPAS, results[p]["mpr"])}}
-                  for p in ("E", "M", "H")}
-    else:
-        scores = {k: _finite_or_none(v) for k, v in results.items() if np.ndim(v) == 0}
+        return {p: {"map": _finite_or_none(results[p]["map"]),
+                    "mp@k": {str(k): _finite_or_none(v) for k, v in zip(KAPPAS, results[p]["mpr"])}}
+                for p in ("E", "M", "H")}
+    return {k: _finite_or_none(v) for k, v in results.items() if np.ndim(v) == 0}
+
+
+def result_record(header, cfg, fingerprint, dataset_name, results, timings, extra=None) -> dict:
+    """One results.json record: the final results (result_scores), plus `extra` entries (a
+    two-stage run: the reranker, its parameters and the first stage's results)."""
     return {**header, "dataset": dataset_name, "config": json.loads(json.dumps(cfg, default=list)),
-            "fingerprint": fingerprint, "results": scores, "seconds": dict(timings.seconds)}
+            "fingerprint": fingerprint, "results": result_scores(results), "seconds": dict(timings.seconds),
+            **(extra or {})}
 
 
 def append_result(out_dir, record) -> Path:
