@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
+from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of, vis_selection
 from errors import UserError, exit_code_of, one_line
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
 from test.datasets import open_datasets
@@ -23,6 +23,7 @@ from test.device import resolve_device
 from test.distractors import load_distractors
 from test.extract import autocast_context
 from test.feature_cache import FeatureCache
+from test.outputs.per_query import csv_name
 from test.pipeline import build_extractor, evaluate_dataset
 from test.provenance import (append_result, config_lines, config_unchanged, header_lines, new_run_id, result_record,
                              run_header, write_config)
@@ -76,6 +77,24 @@ def refuse_unsupported(cfg, datasets):
                             "datasets only; set SupG.onemeval False")
 
 
+def refuse_bad_selection(cfg, datasets):
+    """TEST.VIS_QUERIES helped / hurt need reranking, and every name must be a query of a dataset
+    that gets pictures: checked before any work."""
+    selection = vis_selection(cfg.TEST.VIS_QUERIES)
+    if selection.kind in ("helped", "hurt") and not cfg.SupG.rerank:
+        raise UserError(f"TEST.VIS_QUERIES {selection.kind}:{selection.count} picks queries by what reranking "
+                        "changed, but SupG.rerank is False: set SupG.rerank True or give a number of queries")
+    if selection.kind == "names":
+        pictured = [dataset for dataset in datasets if dataset.gnd is not None]
+        known = {name for dataset in pictured for name in dataset.gnd.qimlist}
+        missing = [name for name in selection.names if name not in known]
+        if missing:
+            some = ", ".join(sorted(known)[:3]) if known else "none (pictures are drawn for revisitop-style datasets)"
+            raise UserError(f"TEST.VIS_QUERIES: no query named {missing[0]!r} in "
+                            f"{', '.join(d.name for d in pictured) or 'TEST.DATASET_LIST'}: give names as in the "
+                            f"ground truth's query list (e.g. {some})")
+
+
 def open_distractors(cfg, fingerprint):
     """(the R1M features, a line describing them) from SupG.distractors_path or the default file."""
     path = cfg.SupG.distractors_path or default_distractors_path(cfg)
@@ -87,12 +106,14 @@ def open_distractors(cfg, fingerprint):
 
 def refuse_outputs_over_inputs(cfg, datasets, argv):
     """Before any work: no file this run writes in OUT_DIR may be one it reads (a weights file or a
-    ground truth named log.txt, results.json or <dataset>.npz there, or the --cfg file, unless
+    ground truth named log.txt, results.json, per_query_<dataset>.csv or <dataset>.npz there, or the
+    --cfg file, unless
     config.yaml would stay byte for byte as it is)."""
     if cfg_file_of(argv):
         register_input(cfg_file_of(argv), "--cfg")
     out_dir = Path(cfg.OUT_DIR)
     outputs = ["log.txt", "results.json"] + ([] if config_unchanged(out_dir, cfg) else ["config.yaml"])
+    outputs += [csv_name(dataset.output_name) for dataset in datasets]
     if cfg.TEST.SAVE_FEATURES:
         outputs += [f"{dataset.output_name}.npz" for dataset in datasets]
     for name in outputs:
@@ -106,6 +127,7 @@ def run(cfg, argv, log):
     autocast_context(device, cfg.TEST.PRECISION)  # fp16 on a CPU stops here, before any work
     datasets = open_datasets(cfg.TEST.DATASET_LIST, cfg.TEST.DATA_DIR, cfg.TEST.TOPK)
     refuse_unsupported(cfg, datasets)
+    refuse_bad_selection(cfg, datasets)
     refuse_output_folder(cfg.OUT_DIR, "OUT_DIR")
     if cfg.TEST.CACHE and cfg.TEST.CACHE_DIR:
         refuse_output_folder(cfg.TEST.CACHE_DIR, "TEST.CACHE_DIR")
@@ -126,8 +148,9 @@ def run(cfg, argv, log):
         cache = FeatureCache(cfg.TEST.CACHE_DIR or Path(cfg.OUT_DIR) / "feature_cache", fingerprint,
                              descriptor_dim(cfg))
     for dataset in datasets:
-        results, timings = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, header["run_id"])
-        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings))
+        results, timings, table = evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log,
+                                                   header["run_id"])
+        append_result(cfg.OUT_DIR, result_record(header, cfg, fingerprint, dataset.name, results, timings, table))
 
 
 def run_logged(cfg, argv):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model.fingerprint import weights_sha256
+from test.outputs.per_query import UNITS, json_value
 from test.writer import atomic_write, save_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,16 +118,21 @@ def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
-def result_record(header, cfg, fingerprint, dataset_name, results, timings) -> dict:
-    """One results.json record: mAP and mP@k per protocol (revisitop) or mAP@100 (GLDv2)."""
+def result_record(header, cfg, fingerprint, dataset_name, results, timings, per_query=None) -> dict:
+    """One results.json record: mAP and mP@k per protocol (revisitop) or mAP@100 (GLDv2), and with
+    `per_query` (test.outputs.per_query.PerQuery) each query's AP before and after reranking.
+    Scores are fractions in [0, 1] (``units``); log.txt prints them x100."""
     if "E" in results:
         scores = {p: {"map": _finite_or_none(results[p]["map"]),
                       "mp@k": {str(k): _finite_or_none(v) for k, v in zip(KAPPAS, results[p]["mpr"])}}
                   for p in ("E", "M", "H")}
     else:
         scores = {k: _finite_or_none(v) for k, v in results.items() if np.ndim(v) == 0}
-    return {**header, "dataset": dataset_name, "config": json.loads(json.dumps(cfg, default=list)),
-            "fingerprint": fingerprint, "results": scores, "seconds": dict(timings.seconds)}
+    record = {**header, "dataset": dataset_name, "config": json.loads(json.dumps(cfg, default=list)),
+              "fingerprint": fingerprint, "units": UNITS, "results": scores, "seconds": dict(timings.seconds)}
+    if per_query is not None:
+        record["per_query"] = json_value(per_query)
+    return record
 
 
 def append_result(out_dir, record) -> Path:

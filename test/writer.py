@@ -8,7 +8,7 @@
 - Never over an input: files a run reads are registered (``register_input``); writing over one of
   them, or into a registered input folder (a dataset's image folder), stops with one line.
 - One run per output folder: ``OutDirLock`` holds an exclusive lock on ``<OUT_DIR>/.lock`` for the
-  whole run, so two runs cannot mix their files or their log lines.
+  whole run, so two runs cannot mix their files or their log lines; the file goes when the run ends.
 """
 
 from __future__ import annotations
@@ -184,31 +184,62 @@ def remove_stale_temps(folder, name=None) -> None:
 
 
 class OutDirLock:
-    """Exclusive lock on `<folder>/.lock` for a whole run; a second run on the folder stops at once."""
+    """Exclusive lock on `<folder>/.lock` for a whole run; a second run on the folder stops at once.
+
+    The lock file is removed when the run ends (success, error or Ctrl-C), so a run leaves no
+    `.lock` behind. It is unlinked while still locked; a run that opened the old file and locks it
+    after that sees that the path no longer names its file and opens the new one."""
+
+    ATTEMPTS = 5  # each retry follows a holder that removed the file at the same moment
 
     def __init__(self, folder, flag: str = "OUT_DIR"):
         self.folder, self.flag, self.handle = Path(folder), flag, None
 
     def __enter__(self):
+        path = self.folder / ".lock"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.handle = open(self.folder / ".lock", "a+")
+        except OSError as error:
+            raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
+        for _ in range(self.ATTEMPTS):
+            handle = self._locked(path)
+            if _same_file(handle, path):
+                self.handle = handle
+                return self
+            handle.close()  # locked a file that its holder removed on the way out: take the new one
+        raise UserError(f"cannot lock {self.folder} ({self.flag}): its .lock keeps being replaced; "
+                        "wait for the other runs to finish")
+
+    def _locked(self, path):
+        try:
+            handle = open(path, "a+")
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
         try:
             # POSIX record locks belong to this process alone: DataLoader workers forked from it do
             # not inherit them, so a killed run never leaves its folder locked by an orphan.
-            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            self.handle.close()
+            handle.close()
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(f"another run is using {self.folder} ({self.flag}); wait for it to finish "
                                 f"or give this run another {self.flag}") from None
             raise UserError(f"cannot lock {self.folder} ({self.flag}): {error.strerror or error}") from None
-        return self
+        return handle
 
     def __exit__(self, *exc):
         if self.handle is not None:
+            _remove(self.folder / ".lock")  # still locked: no other run holds this file
             fcntl.lockf(self.handle, fcntl.LOCK_UN)
             self.handle.close()
+            self.handle = None
         return False
+
+
+def _same_file(handle, path) -> bool:
+    """`path` still names the open file `handle` (it was not removed or replaced meanwhile)."""
+    try:
+        on_disk, opened = os.stat(path), os.fstat(handle.fileno())
+    except OSError:
+        return False
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
