@@ -189,7 +189,10 @@ def _parse_vis_queries(text):
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             pass
-    vis_selection(value)
+    try:
+        vis_selection(value)
+    except UserError:
+        raise UserError(f"bad value {text!r} for TEST.VIS_QUERIES: expected {VIS_EXPECTED}") from None
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
