@@ -67,7 +67,7 @@ _C.SupG.relup_stage1_quirk = True  # clamp inside stage-1 bottlenecks even witho
 _C.SupG.M = 400  # reranking: number of top database images refined per query
 _C.SupG.K = 9  # reranking: neighbours aggregated per descriptor (plus itself)
 _C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image itself
-_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_<backbone>.pth (RN50, RN101, LITE0)
+_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_RN<depth>.pth, extract_rop1m.py's output
 _C.SupG.distractors_check = True  # refuse R1M features whose sidecar names other weights or flags
 
 _C.DEVICE = "auto"  # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
@@ -348,13 +348,14 @@ def validate(config):
                             "folder name in another encoding); rename it")
 
 
-def describe_keys():
-    """Every key with its default and its comment, read from this file (one source of truth)."""
+def describe_keys(keys=None):
+    """Every key (or only those in `keys`) with its default and its comment, read from this file
+    (one source of truth)."""
     pattern = re.compile(r"^_C\.([\w.]+) = (.+?)  # (.+)$")
     lines = []
     for line in Path(__file__).read_text().splitlines():
         match = pattern.match(line)
-        if match:
+        if match and (keys is None or match.group(1) in keys):
             key, default, comment = match.groups()
             lines.append(f"  {key:<28} {default:<28} {comment}")
     return "\n".join(lines)
