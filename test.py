@@ -107,8 +107,7 @@ def open_distractors(cfg, fingerprint):
 def refuse_outputs_over_inputs(cfg, datasets, argv):
     """Before any work: no file this run writes in OUT_DIR may be one it reads (a weights file or a
     ground truth named log.txt, results.json, per_query_<dataset>.csv or <dataset>.npz there, or the
-    --cfg file, unless
-    config.yaml would stay byte for byte as it is)."""
+    --cfg file, unless config.yaml would stay byte for byte as it is)."""
     if cfg_file_of(argv):
         register_input(cfg_file_of(argv), "--cfg")
     out_dir = Path(cfg.OUT_DIR)
