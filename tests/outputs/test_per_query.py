@@ -173,3 +173,22 @@ def test_onemeval_per_query_ap_is_that_of_the_full_ranking_with_distractors(ws, 
     same(npz["ap_after"], official_aps(reranked, gnd))
     rows = read_csv(out / "per_query_roxford5k.csv")
     same([[number(row[f"ap_{p}_after"]) for p in PROTOCOLS] for row in rows], npz["ap_after"])
+
+
+def test_a_ground_truth_named_like_the_per_query_csv_is_refused_before_any_work(ws, tmp_path, entry):
+    """The csv is an output: a ground-truth file in OUT_DIR under its name stops the run before the
+    header and keeps its bytes."""
+    from test.datasets import _short_hash
+    from tests.faults_common import error_line
+
+    root, _, _ = ws
+    folder = write_custom_folder(tmp_path / "shop")
+    out = tmp_path / "out"
+    out.mkdir()
+    gt = out / f"per_query_shop_{_short_hash(folder)}.csv"
+    gt.write_bytes((folder / "gt.csv").read_bytes())
+    before = gt.read_bytes()
+    args = ["TEST.WEIGHTS", root / "weights", "TEST.DATASET_LIST", f"custom:{folder}::{gt}", "OUT_DIR", out,
+            "DEVICE", "cpu"]
+    error_line(entry("test.py", *args, cwd=tmp_path), "refusing to write", gt.name, "it is an input of this run")
+    assert gt.read_bytes() == before and not (out / "config.yaml").exists()
