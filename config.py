@@ -12,6 +12,7 @@ import ast
 import difflib
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -48,7 +49,7 @@ _C.TEST.SAVE_FEATURES = False  # write <OUT_DIR>/<dataset>.npz with Q, X, ranks_
 _C.TEST.CACHE = True  # reuse features extracted before with the same weights, flags, scales and images
 _C.TEST.CACHE_DIR = ""  # feature cache directory; empty means <OUT_DIR>/feature_cache
 _C.TEST.TOPK = 400  # with onemeval or gldv2: rank positions kept per query (at least SupG.M)
-_C.TEST.VIS_QUERIES = 0  # write pictures of the top results of the first N queries to <OUT_DIR>/pictures/<dataset>/
+_C.TEST.VIS_QUERIES = 0  # pictures (<OUT_DIR>/pictures/<dataset>/) of: N (first N queries), helped:N, hurt:N, names:a,b
 _C.TEST.VIS_TOPK = 8  # results per row in those pictures (before and after reranking)
 
 _C.SupG = CfgNode()
@@ -66,7 +67,7 @@ _C.SupG.relup_stage1_quirk = True  # clamp inside stage-1 bottlenecks even witho
 _C.SupG.M = 400  # reranking: number of top database images refined per query
 _C.SupG.K = 9  # reranking: neighbours aggregated per descriptor (plus itself)
 _C.SupG.beta = 0.15  # reranking: weight of the neighbours relative to the image itself
-_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty means ./feats_1m_<backbone>.pth (RN50, RN101, LITE0)
+_C.SupG.distractors_path = ""  # R1M features (.pth or .npy); empty: ./feats_1m_RN<depth>.pth (extract_rop1m.py's)
 _C.SupG.distractors_check = True  # refuse R1M features whose sidecar names other weights or flags
 
 _C.CVNET = CfgNode()
@@ -141,8 +142,77 @@ def _expected(key, default):
             str: "a string", list: "a list such as ['roxford5k', 'rparis6k']"}[type(default)]
 
 
+VIS_EXPECTED = ("N (the first N queries), helped:N or hurt:N (the N queries reranking helped or hurt most by "
+                "Medium AP; helped:N:E or :H for another protocol), names:<name>,<name> or a list of query names")
+
+
+@dataclass(frozen=True)
+class VisSelection:
+    """TEST.VIS_QUERIES parsed: ``kind`` first | helped | hurt | names, with its count, protocol
+    (E, M or H; helped / hurt only) or names."""
+
+    kind: str
+    count: int = 0
+    protocol: str = "M"
+    names: tuple = ()
+
+    @property
+    def wanted(self) -> bool:
+        return self.count > 0 or bool(self.names)
+
+
+def vis_selection(value) -> VisSelection:
+    """The selection TEST.VIS_QUERIES holds: an int N >= 0, a string `helped:N`, `hurt:N` (N >= 1,
+    optionally `:E`, `:M` or `:H`), `names:a,b`, or a list of query names. UserError otherwise."""
+    bad = UserError(f"bad value {value!r} for TEST.VIS_QUERIES: expected {VIS_EXPECTED}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        if value < 0:
+            raise bad
+        return VisSelection("first", count=value)
+    if isinstance(value, (list, tuple)):
+        names = tuple(name.strip() for name in value if isinstance(name, str) and name.strip())
+        if not names or len(names) != len(value):
+            raise bad
+        return VisSelection("names", names=names)
+    if not isinstance(value, str):
+        raise bad
+    text = value.strip()
+    if re.fullmatch(r"\d+", text):
+        return VisSelection("first", count=int(text))
+    if text.startswith("names:"):
+        names = tuple(name.strip() for name in text[len("names:"):].split(",") if name.strip())
+        if not names:
+            raise bad
+        return VisSelection("names", names=names)
+    match = re.fullmatch(r"(helped|hurt):(\d+)(?::([EMH]))?", text)
+    if not match or int(match[2]) < 1:
+        raise bad
+    return VisSelection(match[1], count=int(match[2]), protocol=match[3] or "M")
+
+
+def _parse_vis_queries(text):
+    """The command-line text of TEST.VIS_QUERIES as the value kept in the config: an int, a Python
+    list of names, or the selection text."""
+    text = text.strip()
+    value = int(text) if re.fullmatch(r"\d+", text) else text
+    if text.startswith("["):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            pass
+    try:
+        vis_selection(value)
+    except UserError:
+        raise UserError(f"bad value {text!r} for TEST.VIS_QUERIES: expected {VIS_EXPECTED}") from None
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _parse_value(key, text, default):
     """Turn the command-line text for `key` into a value of the default's type, or raise UserError."""
+    if key == "TEST.VIS_QUERIES":
+        return _parse_vis_queries(text)
     bad = UserError(f"bad value {text!r} for {key}: expected {_expected(key, default)}")
     if isinstance(default, bool):
         if text.lower() in _TRUE:
@@ -294,7 +364,6 @@ def validate(config):
         ("TEST.NUM_THREADS", 0 <= flat["TEST.NUM_THREADS"] <= PARALLEL_MAX,
          f"an integer from 1 to {PARALLEL_MAX}, or 0 for auto"),
         ("TEST.TOPK", flat["TEST.TOPK"] >= 1, "an integer >= 1"),
-        ("TEST.VIS_QUERIES", flat["TEST.VIS_QUERIES"] >= 0, "an integer >= 0"),
         ("TEST.VIS_TOPK", flat["TEST.VIS_TOPK"] >= 1, "an integer >= 1"),
         ("CVNET.TOPK", flat["CVNET.TOPK"] >= 1, "an integer >= 1"),
         ("CVNET.MIX_RATIO", flat["CVNET.MIX_RATIO"] >= 0, "a number >= 0"),
@@ -304,6 +373,10 @@ def validate(config):
     for key, ok, expected in checks:
         if not ok:
             raise _bad_value(flat, key, expected)
+    try:
+        vis_selection(flat["TEST.VIS_QUERIES"])
+    except UserError:
+        raise _bad_value(flat, "TEST.VIS_QUERIES", VIS_EXPECTED) from None
     _refuse_contradictions(flat)
     for key, value in flat.items():
         texts = value if isinstance(value, list) else [value]
@@ -324,13 +397,14 @@ def _refuse_contradictions(flat):
                         "which test.py does not read: set SupG.onemeval False (docs/two_stage.md)")
 
 
-def describe_keys():
-    """Every key with its default and its comment, read from this file (one source of truth)."""
+def describe_keys(keys=None):
+    """Every key (or only those in `keys`) with its default and its comment, read from this file
+    (one source of truth)."""
     pattern = re.compile(r"^_C\.([\w.]+) = (.+?)  # (.+)$")
     lines = []
     for line in Path(__file__).read_text().splitlines():
         match = pattern.match(line)
-        if match:
+        if match and (keys is None or match.group(1) in keys):
             key, default, comment = match.groups()
             lines.append(f"  {key:<28} {default:<28} {comment}")
     return "\n".join(lines)
@@ -345,6 +419,9 @@ def _coerce_value(key, value, default):
     is what was meant; any other text key is told to quote the word."""
     if isinstance(value, str):
         return _parse_value(key, value, default)
+    if key == "TEST.VIS_QUERIES" and isinstance(value, (int, list)):
+        vis_selection(value)  # an int N or a YAML list of names, as on the command line
+        return value
     if isinstance(value, bool) and isinstance(default, str):
         if "on" in _CHOICES.get(key, ()):
             return "on" if value else "off"
@@ -503,8 +580,9 @@ def load_cfg_from_args(args, description="SuperGlobal", aliases=()):
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
         override = _read_yaml_cfg(path, config)
-        config.merge_from_other_cfg(override)
         from_file = _flat_keys(override)
+        for key, value in from_file.items():  # typed and checked already; TEST.VIS_QUERIES may be int or text
+            _set(config, key, value)
         del args[at:at + 2]
     given = {**from_file, **_apply_pairs(config, args)}
     for key, value, flag in aliases:

@@ -35,6 +35,11 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class ExamplesHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """DefaultsHelpFormatter that prints the description and the epilog as written: command-line
+    examples keep their lines."""
+
+
 def is_utf8(text: str) -> bool:
     """False for text holding bytes that are not UTF-8: Python keeps such bytes of a command line or
     file name as lone surrogates, which OpenCV crashes on and UTF-8 files cannot hold."""

@@ -27,7 +27,13 @@ from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
 from errors import ArgumentParser, UserError, exit_code_of, typed_flags
 from model.checkpoint import checkpoint_path
 from model.fingerprint import file_sha256
-from test.build import build_descriptor, default_distractors_path, descriptor_fingerprint, load_backbone_weights
+from test.build import (
+    FEATURE_KEYS,
+    build_descriptor,
+    default_distractors_path,
+    descriptor_fingerprint,
+    load_backbone_weights,
+)
 from test.extraction.device import resolve_device
 from test.extraction.extract import check_precision
 from test.extraction.runtime import options_from_cfg, tune_process
@@ -57,18 +63,26 @@ Trailing KEY VALUE pairs select the descriptor, with the syntax of test.py, e.g.
 Default: the config defaults (GeM+, Regional-GeM, Scale-GeM, ReLU+, 3 scales, fp32)."""
 
 
+# The config keys a run reads (the rest of a --cfg file, e.g. test.py's config.yaml, is ignored).
+# MODEL.TYPE and TEST.DESCRIPTOR are read to refuse anything but their defaults.
+READ_KEYS = ("MODEL.TYPE", "MODEL.DEPTH", "MODEL.HEADS.REDUCTION_DIM", "TEST.WEIGHTS", "TEST.DESCRIPTOR",
+             "TEST.SCALE_LIST", "TEST.BATCH_SIZE", "TEST.NUM_WORKERS", "TEST.NUM_THREADS", "TEST.FOLD_BN",
+             "TEST.CHANNELS_LAST", "TEST.PIN_MEMORY", "TEST.NON_BLOCKING", "TEST.UINT8_TRANSFER", "TEST.PRECISION",
+             *(f"SupG.{key}" for key in FEATURE_KEYS), "DEVICE")
+
+
 def build_parser():
     parser = ArgumentParser(prog="extract_rop1m.py", description=DESCRIPTION, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      usage="python extract_rop1m.py --weight PATH --depth {50,101} --data-dir ROOT "
                            "[options] [KEY VALUE ...]",
-                     epilog="config keys (default, meaning):\n" + describe_keys())
+                     epilog="config keys it reads (default, meaning):\n" + describe_keys(READ_KEYS))
     parser.add_argument("--weight", required=True, metavar="PATH",
                         help="CVNet checkpoint file, or a directory holding CVPR2022_CVNet_R{depth}.pyth")
     parser.add_argument("--depth", required=True, type=int, choices=[50, 101], help="ResNet depth")
     parser.add_argument("--data-dir", required=True, metavar="ROOT",
                         help=f"holds {LIST_NAME} and the images (under ROOT/jpg/ or ROOT/)")
-    parser.add_argument("--output", metavar="FILE", help="default ./feats_1m_<backbone>.pth (RN50, RN101 or LITE0)")
+    parser.add_argument("--output", metavar="FILE", help="default ./feats_1m_RN<depth>.pth (RN50 or RN101)")
     parser.add_argument("--num-shards", type=int, metavar="N",
                         help="split the work over N processes (default: WORLD_SIZE under torchrun, else 1)")
     parser.add_argument("--shard-id", type=int, metavar="I",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from config import get_cfg_defaults, load_cfg_from_args
-from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of, typed_flags
+from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of, typed_flags
 from test.data.feature_files import load_features, load_gldv2_checked, load_ground_truth_lists
 from test.data.gnd import protocols
 from test.extraction.device import resolve_device
@@ -54,15 +54,30 @@ def take_reranking_config(args, opts):
     args.M, args.K, args.beta = cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta
 
 
+EXAMPLES = """examples:
+  # SuperGlobal reranking of test.py's TEST.SAVE_FEATURES npz, with the official result lines
+  python rerank_features.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl
+  # the initial ranking, SuperGlobal and the classic baselines side by side
+  python rerank_features.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl \\
+      --methods none,supg,aqe,dba,dba+aqe
+  # other reranking parameters (the same as SupG.M 200 SupG.K 5 SupG.beta 0.1)
+  python rerank_features.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl \\
+      --M 200 --K 5 --beta 0.1
+  # your own features, no ground truth: write each query's reranked top 50
+  python rerank_features.py --query Q.npy --db X.npy --out top.csv --topk 50
+  # GLDv2 mAP@100 (Public, Private, All)
+  python rerank_features.py --features out/gldv2.npz --gldv2 /data/gldv2
+
+Trailing KEY VALUE pairs set config keys (e.g. SupG.M 200); --cfg FILE reads a config.yaml that
+test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, SupG.beta. See docs/feature_rerank.md."""
+
+
 def parse_args(argv):
     from test.retrieval.baselines import DBA_ALPHA, DBA_K, QE_ALPHA, QE_N
 
     defaults = get_cfg_defaults().SupG
     p = ArgumentParser(prog="rerank_features.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                       formatter_class=DefaultsHelpFormatter,
-                       epilog="Trailing KEY VALUE pairs set config keys (e.g. SupG.M 200); --cfg FILE reads a "
-                              "config.yaml that test.py wrote. --M, --K and --beta stand for SupG.M, SupG.K, "
-                              "SupG.beta.")
+                       formatter_class=ExamplesHelpFormatter, epilog=EXAMPLES)
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")
     p.add_argument("--query", help="query features (.npy / .npz), nq x D")
     p.add_argument("--db", help="database features (.npy / .npz), N x D")

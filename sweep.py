@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from errors import ArgumentParser, DefaultsHelpFormatter, UserError, exit_code_of
+from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of
 from test.data.feature_files import load_features, load_ground_truth
 from test.outputs.writer import atomic_write, json_bytes, refuse_input, register_input, temp_name
 
@@ -33,11 +33,28 @@ OUTPUTS = ("sweep.csv", "sweep.json")
 PLOTS = tuple(f"mAP_vs_{p}.png" for p in ("M", "K", "beta")) + ("heatmap_K_beta.png",)  # test/retrieval/sweep_plots.py
 
 
+EXAMPLES = """examples:
+  # the default grid on test.py's TEST.SAVE_FEATURES npz; writes sweep_out/
+  python sweep.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl
+  # one grid point: the mAP of test.py's own reranking
+  python sweep.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl \\
+      --M 400 --K 9 --beta 0.15
+  # a smaller grid; the table, CSV and JSON only
+  python sweep.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl \\
+      --M 50,100,200 --K 3,9 --beta 0.15 --out-dir sweep_small --no-plots
+  # your own features with a custom ground truth (docs/custom_data.md)
+  python sweep.py --query Q.npy --db X.npy --gnd my_photos/gt.csv --images my_photos
+  # also rerank each grid point alone: the same mAPs, both times printed
+  python sweep.py --features out/roxford5k.npz --gnd revisitop/roxford5k/gnd_roxford5k.pkl --check-single
+
+See docs/sweep.md."""
+
+
 def parse_args(argv):
     from test.retrieval.rerank_sweep import parse_grid
 
     p = ArgumentParser(prog="sweep.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                       formatter_class=DefaultsHelpFormatter)
+                       formatter_class=ExamplesHelpFormatter, epilog=EXAMPLES)
     p.add_argument("--features", help="test.py TEST.SAVE_FEATURES npz (Q, X, ranks_global, ranks)")
     p.add_argument("--query", help="query features (.npy / .npz), nq x D")
     p.add_argument("--db", help="database features (.npy / .npz), N x D")

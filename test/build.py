@@ -3,6 +3,7 @@ its fingerprint and the default R1M file name. The one place that reads MODEL.* 
 keys; model/ itself never sees a config."""
 
 from config import scales_of
+from errors import UserError
 from model.cvnet_global import build_cvnet_global
 from model.fingerprint import weights_sha256
 from model.registry import BackboneOptions, get_backbone
@@ -29,7 +30,13 @@ def backbone_tag(cfg):
 
 
 def default_distractors_path(cfg):
-    """Where extract_rop1m.py writes, and test.py reads, R1M features when no path is given."""
+    """Where extract_rop1m.py writes, and test.py reads, R1M features when no path is given:
+    ./feats_1m_RN{depth}.pth. extract_rop1m.py extracts for the CVNet ResNet only, so another
+    backbone has no default file (UserError: name one with SupG.distractors_path)."""
+    if cfg.MODEL.TYPE != "RESNET":
+        raise UserError(f"SupG.onemeval with MODEL.TYPE {cfg.MODEL.TYPE}: extract_rop1m.py extracts R1M features "
+                        f"for the CVNet ResNet only, so there is no default file; name features of this backbone "
+                        f"(N x {descriptor_dim(cfg)}) with SupG.distractors_path")
     return f"./feats_1m_{backbone_tag(cfg)}.pth"
 
 

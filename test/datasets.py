@@ -20,6 +20,7 @@ from test.data.custom import load_dataset_entry
 from test.data.gldv2 import MAX_PREDICTIONS, GLDv2Images, evaluate_gldv2, format_gldv2, load_gldv2
 from test.data.gnd import Gnd, protocols
 from test.data.images import RevisitopImages, require_images
+from test.outputs.per_query import PerQuery, gldv2_table, revisitop_table
 from test.outputs.writer import register_input
 from test.retrieval.evaluate import evaluate_revisitop, format_results
 
@@ -60,6 +61,10 @@ class RetrievalDataset:
         """The scores to save next to Q, X and the ranks."""
         raise NotImplementedError
 
+    def per_query(self, before: dict, after: dict) -> PerQuery:
+        """Each query's name and AP from the results of the global and of the final ranking."""
+        raise NotImplementedError
+
 
 class Revisitop(RetrievalDataset):
     """A revisitop dataset or a custom folder: full ranking, mAP E/M/H and mP@k."""
@@ -83,6 +88,9 @@ class Revisitop(RetrievalDataset):
     def arrays(self, results):
         return {f"map{p}": results[p]["map"] for p in ("E", "M", "H")}
 
+    def per_query(self, before, after):
+        return revisitop_table(self.gnd.qimlist, before, after)
+
 
 class GLDv2Retrieval(RetrievalDataset):
     """GLDv2 retrieval: the top 100 of the index per query, mAP@100 (Public, Private, All)."""
@@ -102,6 +110,9 @@ class GLDv2Retrieval(RetrievalDataset):
 
     def arrays(self, results):
         return {f"map{name}": results[name] for name in ("Public", "Private", "All")}
+
+    def per_query(self, before, after):
+        return gldv2_table(self.gld.query_ids, self.gld.usage, before, after)
 
 
 def open_dataset(entry: str, data_dir, top_k: int) -> RetrievalDataset:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import scales_of
+from config import scales_of, vis_selection
 from errors import UserError
 from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights
 from modules.reranking import rerank
@@ -16,6 +16,7 @@ from test.build import load_descriptor
 from test.extraction.cvnet_global_loop import extract_cvnet_global
 from test.extraction.extract import extract_features
 from test.extraction.runtime import options_from_cfg, workers_for
+from test.outputs.per_query import json_value, npz_arrays, pick_queries, write_csv
 from test.outputs.pictures import write_pictures
 from test.outputs.provenance import Timings, result_scores
 from test.outputs.writer import save_npz
@@ -77,8 +78,9 @@ def rerank_if_on(cfg, Q, X, ranks):
 
 
 def search(cfg, dataset, Q, X, distractors, timings):
-    """(ranks_global, ranks, results): the whole database ranked, its top k only, or the database
-    plus R1M distractors in bounded memory (exact mAP, top TEST.TOPK ranks kept)."""
+    """(ranks_global, ranks, results, results_global): the whole database ranked, its top k only,
+    or the database plus R1M distractors in bounded memory (exact mAP, top TEST.TOPK ranks kept);
+    `results_global` evaluates the ranking before reranking (the same object when it is off)."""
     if distractors is not None:
         keep = max(cfg.TEST.TOPK, cfg.SupG.M)
         with timings("search"):
@@ -89,7 +91,8 @@ def search(cfg, dataset, Q, X, distractors, timings):
                 reranked = rerank_top(Q, X, distractors, found, M=cfg.SupG.M, K=cfg.SupG.K, beta=cfg.SupG.beta)
         with timings("evaluate"):
             results = evaluate_from_search(found, dataset.protocols, reranked_top=reranked)
-        return top_ranks(found), top_ranks(found, reranked), results
+            results_global = evaluate_from_search(found, dataset.protocols) if reranked is not None else results
+        return top_ranks(found), top_ranks(found, reranked), results, results_global
     with timings("search"):
         if dataset.top_k is None:
             ranks_global = rank_by_similarity(X, Q)
@@ -97,9 +100,36 @@ def search(cfg, dataset, Q, X, distractors, timings):
             ranks_global = top_by_similarity(X, Q, max(dataset.top_k, cfg.TEST.TOPK, cfg.SupG.M))
     with timings("rerank"):
         ranks = rerank_if_on(cfg, Q, X, ranks_global).cpu().numpy()
+    ranks_global = ranks_global.cpu().numpy()
     with timings("evaluate"):
         results = dataset.evaluate(ranks)
-    return ranks_global.cpu().numpy(), ranks, results
+        results_global = dataset.evaluate(ranks_global) if cfg.SupG.rerank else results
+    return ranks_global, ranks, results, results_global
+
+
+def draw_pictures(cfg, dataset, Q, X, ranks_global, ranks, table, log):
+    """The pictures TEST.VIS_QUERIES selects (revisitop-style datasets only), with the run's APs."""
+    selection = vis_selection(cfg.TEST.VIS_QUERIES)
+    if not selection.wanted or dataset.gnd is None:
+        return
+    picked = pick_queries(selection, table)
+    if selection.kind == "names" and not picked:
+        return  # the names belong to another dataset of the run (checked before any work)
+    folder = write_pictures(Path(cfg.OUT_DIR) / "pictures" / dataset.output_name, dataset.gnd, Q, X, ranks_global,
+                            ranks, None, cfg.TEST.VIS_TOPK,
+                            reranking=(cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta) if cfg.SupG.rerank else None,
+                            queries=picked, aps=(table.before, table.after))
+    chosen = "" if selection.kind == "first" else f" ({selection_text(selection, len(picked))})"
+    log.write(f"pictures of {len(picked)} queries{chosen}: {folder / 'index.html'}")
+
+
+def selection_text(selection, found) -> str:
+    """How the pictured queries were chosen, for the log line."""
+    if selection.kind == "names":
+        return f"named: {', '.join(selection.names)}"
+    verb = "raised" if selection.kind == "helped" else "lowered"
+    return (f"{selection.kind}:{selection.count}: the {found} whose {selection.protocol} AP reranking {verb} "
+            f"most")
 
 
 def build_cvnet_scorer(cfg, device):
@@ -135,8 +165,8 @@ def reranker_record(cfg, first_stage, pairs) -> dict:
 
 
 def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run_id="", cvnet_scorer=None):
-    """The whole flow for one dataset; returns (results, timings, extra results.json entries).
-    With `cvnet_scorer` the results are CVNet-Rerank's, and the first stage's go in the extra."""
+    """The whole flow for one dataset; returns (final results, timings, extra results.json entries:
+    the per-query table and, with `cvnet_scorer`, the reranker and the first stage's results)."""
     timings = Timings()
     log.write(f">> {dataset.name}: Global Retrieval for scale {scales_of(cfg.TEST.SCALE_LIST)} with "
               f"{method_name(cfg)}")
@@ -144,7 +174,8 @@ def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run
         Q = extract_split(extract, cache, dataset.queries, f"{dataset.output_name}_queries")
         X = extract_split(extract, cache, dataset.database, f"{dataset.output_name}_database")
         Qt, Xt = torch.from_numpy(Q).to(device), torch.from_numpy(X).to(device)
-    ranks_global, ranks, results = search(cfg, dataset, Qt, Xt, distractors, timings)
+    ranks_global, ranks, results, results_global = search(cfg, dataset, Qt, Xt, distractors, timings)
+    table = dataset.per_query(results_global, results)
     log.write(*dataset.format(results))
     two_stage, extra = {}, {}
     if cvnet_scorer is not None:
@@ -157,16 +188,14 @@ def evaluate_dataset(cfg, dataset, extract, cache, distractors, device, log, run
     if cvnet_scorer is not None:
         log.write(cache_summary(cvnet_scorer), f">> {dataset.name}: Reranking results with CVNet-Rerank",
                   dataset.format(reranked)[0])
+    # the per-query "after" is the final ranking's: CVNet-Rerank's when it runs
+    final_table = dataset.per_query(results_global, reranked) if cvnet_scorer is not None else table
     out_dir = Path(cfg.OUT_DIR)
-    if cfg.TEST.VIS_QUERIES and dataset.gnd is not None:
-        folder = write_pictures(out_dir / "pictures" / dataset.output_name, dataset.gnd, Q, X, ranks_global, ranks,
-                                cfg.TEST.VIS_QUERIES, cfg.TEST.VIS_TOPK,
-                                reranking=(cfg.SupG.M, cfg.SupG.K, cfg.SupG.beta) if cfg.SupG.rerank else None)
-        log.write(f"pictures of {min(cfg.TEST.VIS_QUERIES, len(Q))} queries: {folder / 'index.html'}")
+    draw_pictures(cfg, dataset, Q, X, ranks_global, ranks, table, log)
     if cfg.TEST.SAVE_FEATURES:
         save_npz(out_dir / f"{dataset.output_name}.npz", " (TEST.SAVE_FEATURES)", Q=Q, X=X,
                  ranks_global=ranks_global, ranks=ranks, run_id=np.array(run_id), **dataset.arrays(results),
-                 **two_stage)
-    if cvnet_scorer is not None:
-        return reranked, timings, extra
-    return results, timings, extra
+                 **two_stage, **npz_arrays(final_table))
+    write_csv(out_dir, dataset.output_name, final_table, run_id)
+    return (reranked if cvnet_scorer is not None else results), timings, {"per_query": json_value(final_table),
+                                                                          **extra}

@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import cfg_file_of
+from config import cfg_file_of, vis_selection
 from errors import UserError
 from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
 from test.datasets import open_datasets
 from test.extraction.device import resolve_device
 from test.extraction.extract import check_precision
+from test.outputs.per_query import csv_name
 from test.outputs.provenance import config_unchanged
 from test.outputs.writer import forget_inputs, refuse_input, refuse_output_folder, register_input
 from test.pipeline import build_cvnet_scorer, build_extractor
@@ -52,6 +53,24 @@ def refuse_unsupported(cfg, datasets):
                             "datasets only; set SupG.onemeval False")
 
 
+def refuse_bad_selection(cfg, datasets):
+    """TEST.VIS_QUERIES helped / hurt need reranking, and every name must be a query of a dataset
+    that gets pictures: checked before any work."""
+    selection = vis_selection(cfg.TEST.VIS_QUERIES)
+    if selection.kind in ("helped", "hurt") and not cfg.SupG.rerank:
+        raise UserError(f"TEST.VIS_QUERIES {selection.kind}:{selection.count} picks queries by what reranking "
+                        "changed, but SupG.rerank is False: set SupG.rerank True or give a number of queries")
+    if selection.kind == "names":
+        pictured = [dataset for dataset in datasets if dataset.gnd is not None]
+        known = {name for dataset in pictured for name in dataset.gnd.qimlist}
+        missing = [name for name in selection.names if name not in known]
+        if missing:
+            some = ", ".join(sorted(known)[:3]) if known else "none (pictures are drawn for revisitop-style datasets)"
+            raise UserError(f"TEST.VIS_QUERIES: no query named {missing[0]!r} in "
+                            f"{', '.join(d.name for d in pictured) or 'TEST.DATASET_LIST'}: give names as in the "
+                            f"ground truth's query list (e.g. {some})")
+
+
 def open_distractors(cfg, fingerprint):
     """(the R1M features, a line describing them) from SupG.distractors_path or the default file."""
     path = cfg.SupG.distractors_path or default_distractors_path(cfg)
@@ -62,13 +81,15 @@ def open_distractors(cfg, fingerprint):
 
 
 def refuse_outputs_over_inputs(cfg, datasets, argv):
-    """No file this run writes in OUT_DIR may be one it reads (a weights file or a ground truth
-    named log.txt, results.json or <dataset>.npz there, or the --cfg file, unless config.yaml would
-    stay byte for byte as it is), a special file, or reached through a link to an input."""
+    """No file this run writes in OUT_DIR may be one it reads (a weights file or a ground truth named
+    log.txt, results.json, per_query_<dataset>.csv or <dataset>.npz there, or the --cfg file, unless
+    config.yaml would stay byte for byte as it is), a special file, or reached through a link to an
+    input."""
     if cfg_file_of(argv):
         register_input(cfg_file_of(argv), "--cfg")
     out_dir = Path(cfg.OUT_DIR)
     outputs = ["log.txt", "results.json"] + ([] if config_unchanged(out_dir, cfg) else ["config.yaml"])
+    outputs += [csv_name(dataset.output_name) for dataset in datasets]
     if cfg.TEST.SAVE_FEATURES:
         outputs += [f"{dataset.output_name}.npz" for dataset in datasets]
     for name in outputs:
@@ -82,6 +103,7 @@ def prepare(cfg, argv) -> Prepared:
     check_precision(device, cfg.TEST.PRECISION)  # before any work
     datasets = open_datasets(cfg.TEST.DATASET_LIST, cfg.TEST.DATA_DIR, cfg.TEST.TOPK)
     refuse_unsupported(cfg, datasets)
+    refuse_bad_selection(cfg, datasets)
     refuse_output_folder(cfg.OUT_DIR, "OUT_DIR")
     if cfg.TEST.CACHE and cfg.TEST.CACHE_DIR:
         refuse_output_folder(cfg.TEST.CACHE_DIR, "TEST.CACHE_DIR")

@@ -102,9 +102,9 @@ def check_weights(report, cfg):
 def check_distractors(report, cfg, weights):
     """The R1M features of SupG.onemeval: readable, finite, of the descriptor's dimension and, when
     the weights loaded and a sidecar is there, extracted with the same descriptor."""
-    path = cfg.SupG.distractors_path or default_distractors_path(cfg)
     fingerprint = descriptor_fingerprint(cfg, weights) if weights is not None else None
     try:
+        path = cfg.SupG.distractors_path or default_distractors_path(cfg)
         _, info = load_r1m_features(path, expected_fingerprint=fingerprint, check=cfg.SupG.distractors_check,
                                    dim=descriptor_dim(cfg))
     except UserError as error:

@@ -136,21 +136,21 @@ def draw_query(query_path, bbx, db_paths, gnd_entry, similarity, rows, topk, sco
     return canvas
 
 
-def reranked_scores(Q, X, ranks_global, ranks, n, reranking):
-    """(S1 + S2) / 2 of the first n queries' reranked top m (m x n), recomputed from the global
-    ranking with ``reranking`` = (M, K, beta); None when reranking is off, when the top holds R1M
-    distractors (their features are not here), or if the result differs from ``ranks``."""
+def reranked_scores(Q, X, ranks_global, ranks, cols, reranking):
+    """(S1 + S2) / 2 of the queries `cols`' reranked top m (m x len(cols)), recomputed from the
+    global ranking with ``reranking`` = (M, K, beta); None when reranking is off, when the top holds
+    R1M distractors (their features are not here), or if the result differs from ``ranks``."""
     from modules.reranking import rerank
 
-    if reranking is None or n == 0:
+    if reranking is None or not len(cols):
         return None
     M, K, beta = reranking
-    top = np.asarray(ranks_global)[:, :n]
+    top = np.asarray(ranks_global)[:, cols]
     m = min(M, top.shape[0])
     if top[:m].size and top[:m].max() >= len(X):
         return None
-    new, scores = rerank(Q[:n], X, top, M=M, K=K, beta=beta, return_scores=True, columns_are_queries=True)
-    return scores if np.array_equal(new[:m], np.asarray(ranks)[:m, :n]) else None
+    new, scores = rerank(Q[cols], X, top, M=M, K=K, beta=beta, return_scores=True, columns_are_queries=True)
+    return scores if np.array_equal(new[:m], np.asarray(ranks)[:m, cols]) else None
 
 
 def query_aps(ranks, gnd_entries, n_db):
@@ -162,17 +162,19 @@ def query_aps(ranks, gnd_entries, n_db):
     ranks = np.asarray(ranks)
     if ranks.shape[0] != n_db or not len(gnd_entries):
         return None
-    results = evaluate_revisitop(ranks[:, :len(gnd_entries)], protocols(list(gnd_entries)))
+    results = evaluate_revisitop(ranks, protocols(list(gnd_entries)))
     return np.stack([results[p]["aps"] for p in "EMH"], axis=1)
 
 
-def write_pictures(folder, gnd, Q, X, ranks_global, ranks, n_queries, topk, reranking=None):
-    """PNGs for the first `n_queries` queries and an index.html in `folder`; returns the folder.
+def write_pictures(folder, gnd, Q, X, ranks_global, ranks, n_queries, topk, reranking=None, queries=None, aps=None):
+    """PNGs of some queries and an index.html in `folder`; returns the folder.
 
+    `queries`: the query indices to draw, in that order (None: the first `n_queries`).
     `ranks_global` / `ranks` are (positions x nq) in revisitop orientation, before / after reranking;
     Q (nq x D) and X (N x D) give the cosine similarities shown. `reranking`: (M, K, beta) of the
     run, None when reranking was off; the reranked scores shown are recomputed with it for the
-    drawn queries (and must give the same ranks)."""
+    drawn queries (and must give the same ranks). `aps`: the run's (E, M, H) APs before and after
+    reranking, two (nq x 3) arrays (None: computed here from the ranks when they are full)."""
     from test.outputs.writer import atomic_write
 
     folder = Path(folder)
@@ -181,17 +183,20 @@ def write_pictures(folder, gnd, Q, X, ranks_global, ranks, n_queries, topk, rera
     except OSError as error:
         raise UserError(f"cannot write pictures to {folder}: {error.strerror}") from None
     Q, X = np.asarray(Q, np.float32), np.asarray(X, np.float32)
-    n = min(n_queries, len(Q))
     topk = max(1, min(topk, np.asarray(ranks).shape[0]))  # a row never shows more than the ranking holds
-    scores = reranked_scores(Q, X, ranks_global, ranks, n, reranking)
-    entries = gnd["gnd"][:n]
-    aps = (query_aps(ranks_global, entries, len(gnd["db_paths"])), query_aps(ranks, entries, len(gnd["db_paths"])))
+    cols = list(range(min(n_queries, len(Q)))) if queries is None else [int(q) for q in queries]
+    scores = reranked_scores(Q, X, ranks_global, ranks, cols, reranking)
+    if aps is None:
+        entries = [gnd["gnd"][j] for j in cols]
+        aps = tuple(query_aps(np.asarray(r)[:, cols], entries, len(gnd["db_paths"])) for r in (ranks_global, ranks))
+    else:
+        aps = tuple(np.asarray(a)[cols] for a in aps)
     sections = []
-    for j in range(n):
+    for i, j in enumerate(cols):
         rows = (np.asarray(ranks_global)[:topk, j], np.asarray(ranks)[:topk, j])
-        query_ap = tuple(None if a is None else a[j] for a in aps)
+        query_ap = tuple(None if a is None else a[i] for a in aps)
         picture = draw_query(gnd["query_paths"][j], gnd["gnd"][j]["bbx"], gnd["db_paths"], gnd["gnd"][j],
-                             X @ Q[j], rows, topk, None if scores is None else scores[:, j], query_ap,
+                             X @ Q[j], rows, topk, None if scores is None else scores[:, i], query_ap,
                              reranked=reranking is not None)
         name = f"{j:03d}_{Path(gnd['query_paths'][j]).stem}.png"
         ok, png = cv2.imencode(".png", picture)

@@ -20,6 +20,7 @@ import torch
 
 from errors import log_safe, readable_file
 from model.fingerprint import weights_sha256
+from test.outputs.per_query import UNITS
 from test.outputs.writer import atomic_write, save_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,11 +144,13 @@ def result_scores(results) -> dict:
 
 
 def result_record(header, cfg, fingerprint, dataset_name, results, timings, extra=None) -> dict:
-    """One results.json record: the final results (result_scores), plus `extra` entries (a
-    two-stage run: the reranker, its parameters and the first stage's results)."""
+    """One results.json record: the final results (result_scores) as fractions in [0, 1] (``units``;
+    log.txt prints them x100), plus `extra` entries: each query's AP before and after reranking
+    (``per_query``, test.outputs.per_query.json_value) and, for a two-stage run, the reranker, its
+    parameters and the first stage's results."""
     return {**header, "dataset": dataset_name, "config": json.loads(json.dumps(cfg, default=list)),
-            "fingerprint": fingerprint, "results": result_scores(results), "seconds": dict(timings.seconds),
-            **(extra or {})}
+            "fingerprint": fingerprint, "units": UNITS, "results": result_scores(results),
+            "seconds": dict(timings.seconds), **(extra or {})}
 
 
 def append_result(out_dir, record) -> Path:

@@ -8,7 +8,7 @@
 - Never over an input: files a run reads are registered (``register_input``); writing over one of
   them, or into a registered input folder (a dataset's image folder), stops with one line.
 - One run per output folder: ``OutDirLock`` holds an exclusive lock on ``<OUT_DIR>/.lock`` for the
-  whole run, so two runs cannot mix their files or their log lines.
+  whole run, so two runs cannot mix their files or their log lines; the file goes when the run ends.
 """
 
 from __future__ import annotations
@@ -209,41 +209,70 @@ def remove_stale_temps(folder, name=None) -> None:
 
 
 class OutDirLock:
-    """Exclusive lock on `<folder>/.lock` for a whole run; a second run on the folder stops at once."""
+    """Exclusive lock on `<folder>/.lock` for a whole run; a second run on the folder stops at once.
+
+    The lock file is removed when the run ends (success, error or Ctrl-C), so a run leaves no
+    `.lock` behind. It is unlinked while still locked; a run that opened the old file and locks it
+    after that sees that the path no longer names its file and opens the new one."""
+
+    ATTEMPTS = 5  # each retry follows a holder that removed the file at the same moment
 
     def __init__(self, folder, flag: str = "OUT_DIR"):
         self.folder, self.flag, self.handle = Path(folder), flag, None
 
     def __enter__(self):
-        lock = self.folder / ".lock"
+        path = self.folder / ".lock"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error}") from None
-        if os.path.islink(lock) or special_kind(lock) is not None:  # never opened through a link or a FIFO
-            raise UserError(f"cannot lock {self.folder} ({self.flag}): its run lock {lock} is "
-                            f"{'a symbolic link' if os.path.islink(lock) else special_kind(lock)}, not a file; "
+        for _ in range(self.ATTEMPTS):
+            handle = self._locked(path)
+            if _same_file(handle, path):
+                self.handle = handle
+                return self
+            handle.close()  # locked a file that its holder removed on the way out: take the new one
+        raise UserError(f"cannot lock {self.folder} ({self.flag}): its .lock keeps being replaced; "
+                        "wait for the other runs to finish")
+
+    def _locked(self, path):
+        """`path` opened (never through a link or a special file) and locked; UserError when another
+        run holds it."""
+        if os.path.islink(path) or special_kind(path) is not None:
+            raise UserError(f"cannot lock {self.folder} ({self.flag}): its run lock {path} is "
+                            f"{'a symbolic link' if os.path.islink(path) else special_kind(path)}, not a file; "
                             "remove it (a run recreates it)")
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-            self.handle = os.fdopen(fd, "a+")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            handle = os.fdopen(fd, "a+")
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error} (opening its "
-                            f"run lock {lock})") from None
+                            f"run lock {path})") from None
         try:
             # POSIX record locks belong to this process alone: DataLoader workers forked from it do
             # not inherit them, so a killed run never leaves its folder locked by an orphan.
-            fcntl.lockf(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            self.handle.close()
+            handle.close()
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(f"another run is using {self.folder} ({self.flag}); wait for it to finish "
                                 f"or give this run another {self.flag}") from None
             raise UserError(f"cannot lock {self.folder} ({self.flag}): {error.strerror or error}") from None
-        return self
+        return handle
 
     def __exit__(self, *exc):
         if self.handle is not None:
+            _remove(self.folder / ".lock")  # still locked: no other run holds this file
             fcntl.lockf(self.handle, fcntl.LOCK_UN)
             self.handle.close()
+            self.handle = None
         return False
+
+
+def _same_file(handle, path) -> bool:
+    """`path` still names the open file `handle` (it was not removed or replaced meanwhile)."""
+    try:
+        on_disk, opened = os.stat(path), os.fstat(handle.fileno())
+    except OSError:
+        return False
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)

@@ -275,11 +275,13 @@ def test_gldv2_through_test_py(workspace, tmp_path):
     assert line in (tmp_path / "out" / "log.txt").read_text()
 
 
-def test_lite0_distractor_default_is_named_after_its_backbone(workspace, tmp_path):
-    """Under SupG.onemeval the default R1M file is named after the backbone in use, not RN{depth}."""
+def test_lite0_has_no_default_distractor_file(workspace, tmp_path):
+    """extract_rop1m.py extracts for the CVNet ResNet only: under SupG.onemeval, Lite0 needs its R1M
+    features named, and the run says so instead of looking for an RN{depth} file."""
     root, _ = workspace
     done = run_test_py("MODEL.TYPE", "EFFICIENTNET_LITE0", "TEST.WEIGHTS", "auto", "SupG.onemeval", "True",
                        "TEST.DATA_DIR", str(root / "revisitop"), "TEST.DATASET_LIST", "roxford5k",
                        "OUT_DIR", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "feats_1m_LITE0.pth" in done.stderr and "RN50" not in done.stderr
+    assert "MODEL.TYPE EFFICIENTNET_LITE0" in done.stderr and "SupG.distractors_path" in done.stderr
+    assert "RN50" not in done.stderr and done.stderr.count("\n") == 1
