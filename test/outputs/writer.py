@@ -243,8 +243,7 @@ class OutDirLock:
                             f"{'a symbolic link' if os.path.islink(path) else special_kind(path)}, not a file; "
                             "remove it (a run recreates it)")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-            handle = os.fdopen(fd, "a+")
+            handle = _open_lock_file(path)
         except OSError as error:
             raise UserError(f"cannot write to {self.folder} ({self.flag}): {error.strerror or error} (opening its "
                             f"run lock {path})") from None
@@ -267,6 +266,11 @@ class OutDirLock:
             self.handle.close()
             self.handle = None
         return False
+
+
+def _open_lock_file(path):
+    """The run lock opened for appending, never through a link (O_NOFOLLOW) nor blocking on a FIFO."""
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644), "a+")
 
 
 def _same_file(handle, path) -> bool:

@@ -142,10 +142,12 @@ def test_a_lock_file_removed_under_a_waiting_run_is_not_trusted(tmp_path, monkey
     (tmp_path / ".lock").unlink()  # the holder's exit
     opened = []
 
-    def first_stale(path, mode):
+    real_open = writer._open_lock_file
+
+    def first_stale(path):
         opened.append(path)
-        return stale if len(opened) == 1 else open(path, mode)
-    monkeypatch.setattr(writer, "open", first_stale, raising=False)
+        return stale if len(opened) == 1 else real_open(path)
+    monkeypatch.setattr(writer, "_open_lock_file", first_stale)
     with writer.OutDirLock(tmp_path) as lock:
         assert len(opened) == 2 and stale.closed
         assert os.fstat(lock.handle.fileno()).st_ino == os.stat(tmp_path / ".lock").st_ino
