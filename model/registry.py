@@ -21,10 +21,14 @@ from errors import UserError
 from model.backbone import CVNET_INPUT, InputNorm
 from model.checkpoint import load_weights as load_cvnet_weights
 from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM, EfficientNetLite0, load_lite0_weights
+from model.precision import PrecisionPlan
 from model.resnet import ResNet
 
 # EfficientNet-Lite (TensorFlow's (x - 127) / 128, ~[-1, 1], RGB).
 LITE_INPUT = InputNorm((0.498, 0.498, 0.498), (0.502, 0.502, 0.502), rgb=True)
+# Under bf16/fp16 the stem and the first two blocks stay fp32: rounding there is amplified by every
+# later block (docs/precision.md has the per-layer errors and the mAP).
+LITE0_PRECISION = PrecisionPlan(fp32=("backbone._conv_stem", "backbone._blocks.0", "backbone._blocks.1"))
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class BackboneEntry:
     tag: Callable         # depth -> short name for file names (RN50, LITE0)
     input_norm: InputNorm = CVNET_INPUT
     depths: tuple = ()    # the depths it accepts (empty: depth is ignored)
+    precision_plan: PrecisionPlan = PrecisionPlan()  # what stays fp32 under bf16/fp16 (model/precision.py)
 
 
 BACKBONES: dict[str, BackboneEntry] = {}
@@ -70,4 +75,5 @@ register(BackboneEntry(
     dim=lambda reduction_dim: LITE0_DIM,
     tag=lambda depth: "LITE0",
     input_norm=LITE_INPUT,
+    precision_plan=LITE0_PRECISION,
 ))
