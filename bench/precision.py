@@ -11,7 +11,7 @@ Two parts, in one run:
    (accumulated), and of each unit (stem, block, head, pooling) run alone in reduced precision
    on its fp32 input rounded to the reduced type (local), both without and with the backbone's plan.
 2. The price (`extract_features` on the whole demo benchmark, 3 scales, the project's extraction
-   defaults): seconds and user/sys CPU seconds, descriptor cosine to fp32 (min / mean), top-10
+   defaults but a batch of 16, as demo/run_demo.py runs test.py): seconds and user/sys CPU seconds, descriptor cosine to fp32 (min / mean), top-10
    agreement of the global ranking with fp32's, and mAP E/M/H of the global ranking and of
    SuperGlobal's reranking, for fp32, the plain autocast ("<precision> all") and the backbone's
    precision plan (model/registry.py, model/precision.py).
@@ -23,6 +23,7 @@ for the ResNet layer analysis.
 """
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -42,7 +43,7 @@ from model.registry import get_backbone  # noqa: E402
 from modules.reranking import rerank  # noqa: E402
 from test.build import build_descriptor, load_descriptor  # noqa: E402
 from test.datasets import Revisitop  # noqa: E402
-from test.extract import autocast_context, extract_features, prepared_descriptor  # noqa: E402
+from test.extract import autocast_context, extract_features, prepared_descriptor, with_precision_plan  # noqa: E402
 from test.gnd import load_gnd  # noqa: E402
 from test.images import normalize_for  # noqa: E402
 from test.runtime import ExtractOptions, tune_process  # noqa: E402
@@ -82,7 +83,8 @@ def units_of(descriptor):
         if isinstance(module, (ResStem, ResBlock, MBConvBlock)) or name.endswith(("_conv_stem", "_conv_head")) \
                 or name in ("rgem", "gemp"):
             units.append((name, module))
-    return units
+    pooling = [u for u in units if u[0] in ("rgem", "gemp")]
+    return [u for u in units if u not in pooling] + sorted(pooling, reverse=True)  # rgem runs before gemp
 
 
 def relative_error(reduced, exact):
@@ -153,22 +155,61 @@ def evaluate(dataset, Q, X):
     return ranks.numpy(), maps
 
 
-def price_rows(name, descriptor, dataset, device, precisions, plan, warm_up=True, extra_plans=()):
+def forward_speed(variants, batch, device, repeats):
+    """Seconds per image of one forward pass over `batch`, per variant: the extraction's prepared
+    module (BN folded, channels-last, the variant's islands), variants interleaved `repeats` times,
+    the fastest pass of each kept (other load on the machine only ever adds time)."""
+    options = ExtractOptions().resolve(device)
+    prepared = [(label, precision, with_precision_plan(prepared_descriptor(model, options), model, precision))
+                for label, precision, model in variants]
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    best = {label: float("inf") for label, _, _ in prepared}
+    with torch.inference_mode():
+        for round_ in range(repeats + 1):  # the first round only warms up
+            for label, precision, model in prepared:
+                start = time.perf_counter()
+                with autocast_context(device, precision):
+                    model(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if round_:
+                    best[label] = min(best[label], (time.perf_counter() - start) / len(batch))
+    return best
+
+
+def speed_batch(dataset, device, norm, count=16):
+    """`count` database views of the most common size, normalised: one batch as extraction runs it."""
+    images = [dataset.database.images[i][1] for i in range(len(dataset.database.paths))]
+    shapes = [tuple(im.shape) for im in images]
+    common = max(set(shapes), key=shapes.count)
+    picked = [im for im in images if tuple(im.shape) == common][:count]
+    return normalize_for(torch.stack(picked).to(device), norm)
+
+
+def price_rows(name, descriptor, dataset, device, precisions, plan, warm_up=True, extra_plans=(), batch_size=16,
+               repeats=3):
     """One row per (precision, with/without plan): speed, agreement with fp32, mAP. `extra_plans`:
     (label, PrecisionPlan) pairs to try besides the registry's."""
     def extract(model, precision):
         return np.concatenate([extract_features(model, split.images, device, precision=precision,
-                                                desc=f"{name} {precision}")
+                                                batch_size=batch_size, desc=f"{name} {precision}")
                                for split in (dataset.queries, dataset.database)])
+
+    def planned(variant_plan):
+        """`descriptor` with `variant_plan` as its precision plan: extraction applies it."""
+        variant = copy.deepcopy(descriptor)
+        variant.precision_plan = variant_plan
+        return variant
 
     nq = len(dataset.queries.paths)
     variants = [("fp32", "fp32", descriptor)]
     for precision in precisions:
-        variants.append((f"{precision} all", precision, descriptor))
+        variants.append((f"{precision} all", precision, planned(None)))
         if plan is not None and plan.fp32:
-            variants.append((f"{precision} plan", precision, apply_precision_plan(descriptor, plan)))
+            variants.append((f"{precision} plan", precision, planned(plan)))
         for label, extra in extra_plans:
-            variants.append((f"{precision} {label}", precision, apply_precision_plan(descriptor, extra)))
+            variants.append((f"{precision} {label}", precision, planned(extra)))
+    speed = forward_speed(variants, speed_batch(dataset, device, descriptor.input_norm), device, repeats)
     rows, reference = [], None
     for label, precision, model in variants:
         if warm_up:
@@ -179,7 +220,8 @@ def price_rows(name, descriptor, dataset, device, precisions, plan, warm_up=True
             reference = (features, ranks, cost["seconds"])
         cosine = (features * reference[0]).sum(1)
         agree = np.mean([len(set(ranks[:TOP, j]) & set(reference[1][:TOP, j])) / TOP for j in range(nq)])
-        rows.append({"backbone": name, "precision": label, **cost, "speedup": reference[2] / cost["seconds"],
+        rows.append({"backbone": name, "precision": label, **cost, "ms_per_image": 1000 * speed[label],
+                     "speedup": speed[variants[0][0]] / speed[label],
                      "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean()),
                      f"top{TOP}_agreement": float(agree), "global": global_map, "reranked": reranked_map})
         print(f"{name} {label}: {cost['seconds']:.1f} s, min cosine {cosine.min():.5f}", flush=True)
@@ -191,18 +233,20 @@ def print_layers(name, precision, errors, plan_errors):
           "accumulated = whole network reduced, local = this unit alone reduced on its fp32 input\n")
     print("| unit | accumulated | local | accumulated, plan | local, plan |\n|---|--:|--:|--:|--:|")
     for unit, (acc, local) in errors.items():
-        pacc, plocal = plan_errors.get(unit, (float("nan"), float("nan")))
-        print(f"| {unit} | {acc:.2e} | {local:.2e} | {pacc:.2e} | {plocal:.2e} |")
+        planned = " | ".join(f"{v:.2e}" for v in plan_errors[unit]) if unit in plan_errors else "- | -"
+        print(f"| {unit} | {acc:.2e} | {local:.2e} | {planned} |")
 
 
 def print_price(rows):
-    print(f"\n| backbone | precision | seconds | user s | sys s | speed vs fp32 | min cosine | mean cosine "
+    print("\nms/img and speed: one batch of 16 demo views, variants interleaved, fastest of the repeats; "
+          "seconds / user / sys: the whole benchmark extracted once\n")
+    print(f"| backbone | precision | ms/img | speed vs fp32 | seconds | user s | sys s | min cosine | mean cosine "
           f"| top-{TOP} agreement | global E / M / H | reranked E / M / H |\n"
-          "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|")
+          "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
     for r in rows:
         g, rr = r["global"], r["reranked"]
-        print(f"| {r['backbone']} | {r['precision']} | {r['seconds']:.1f} | {r['user_s']:.1f} | {r['sys_s']:.1f} "
-              f"| {r['speedup']:.2f}x | {r['min_cosine']:.5f} | {r['mean_cosine']:.6f} "
+        print(f"| {r['backbone']} | {r['precision']} | {r['ms_per_image']:.1f} | {r['speedup']:.2f}x "
+              f"| {r['seconds']:.1f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | {r['min_cosine']:.5f} | {r['mean_cosine']:.6f} "
               f"| {r[f'top{TOP}_agreement']:.3f} | {g['E']:.2f} / {g['M']:.2f} / {g['H']:.2f} "
               f"| {rr['E']:.2f} / {rr['M']:.2f} / {rr['H']:.2f} |")
 
@@ -229,6 +273,11 @@ def main():
     parser.add_argument("--roxford", type=int, default=2,
                         help="ROxford-size stand-in photos for the ResNets' layer analysis (0: skip)")
     parser.add_argument("--roxford-divisor", type=int, default=2, help="shrink those photos (speed)")
+    parser.add_argument("--batch-size", type=int, default=16, help="as demo/run_demo.py runs test.py")
+    parser.add_argument("--resnet-scales", type=int, default=3, choices=[1, 3, 5],
+                        help="TEST.SCALE_LIST for the ResNets' price (1 on a slow CPU)")
+    parser.add_argument("--no-warm-up", action="store_true", help="extract once per variant (no untimed pass before)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds of the speed batch")
     parser.add_argument("--no-price", action="store_true", help="only the layer analysis")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -256,7 +305,10 @@ def main():
                     report["layers"].append({"backbone": name, "images": label, "precision": precision,
                                              "errors": errors, "plan_errors": plan_errors})
         if not args.no_price:
-            rows = price_rows(name, descriptor_for(name).to(device), dataset, device, precisions, plan)
+            scales = args.resnet_scales if BACKBONES[name][0] == "RESNET" else 3
+            rows = price_rows(f"{name} ({scales} scales)", descriptor_for(name, scales).to(device), dataset, device,
+                              precisions, plan, warm_up=not args.no_warm_up, batch_size=args.batch_size,
+                              repeats=args.repeats)
             report["price"] += rows
             if plan.warning:
                 print(f"{name}: {plan.warning}")
