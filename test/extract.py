@@ -94,16 +94,21 @@ class _Buckets:
         return group
 
 
+_WARNED = set()  # precision warnings already printed by this process
+
+
 def with_precision_plan(model, descriptor, precision):
     """`model` (prepared from `descriptor`) with the descriptor's precision plan applied when
     `precision` is reduced: its fp32 modules become fp32 islands (model/precision.py), on a copy.
-    fp32 returns `model` itself. A plan's warning (the backbone is known to lose mAP in reduced
-    precision even with the plan) is printed once per call."""
+    fp32 returns `model` itself. A plan's warning (what reduced precision costs with this backbone
+    is not known to be small) is printed once per process."""
     plan = getattr(descriptor, "precision_plan", None)
     if precision == "fp32" or plan is None:
         return model
-    if plan.warning:
-        print(f"warning: TEST.PRECISION {precision}: {plan.warning}", flush=True)
+    line = f"warning: TEST.PRECISION {precision}: {plan.warning}"
+    if plan.warning and line not in _WARNED:
+        _WARNED.add(line)
+        print(line, flush=True)
     return apply_precision_plan(model, plan, copy_first=model is descriptor)
 
 
