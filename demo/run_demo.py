@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = re.compile(r"Retrieval results: mAP E: ([\d.]+), M: ([\d.]+), H: ([\d.]+)")
+# nan: a protocol with no positive for any query (e.g. no easy view in a small benchmark)
+RESULT = re.compile(r"Retrieval results: mAP E: ([\d.]+|nan), M: ([\d.]+|nan), H: ([\d.]+|nan)")
 OFF = {"gemp": False, "rgem": False, "sgem": False, "relup": False, "rerank": False}
 # (row name, SupG switches turned on); each row adds one SuperGlobal component to the previous one.
 ROWS = [("baseline: GeM p=3, mean over scales", []),

@@ -24,10 +24,22 @@ from model.backbone import CVNET_INPUT, InputNorm
 from model.checkpoint import load_weights as load_cvnet_weights
 from model.efficientnet_lite import FEATURE_DIM as LITE0_DIM
 from model.efficientnet_lite import EfficientNetLite0, load_lite0_weights
+from model.precision import PrecisionPlan
 from model.resnet import ResNet
 
 # EfficientNet-Lite (TensorFlow's (x - 127) / 128, ~[-1, 1], RGB).
 LITE_INPUT = InputNorm((0.498, 0.498, 0.498), (0.502, 0.502, 0.502), rgb=True)
+# Plain autocast: measured only with random stand-in weights (docs/precision.md), so the run says so.
+RESNET_PRECISION = PrecisionPlan(warning="the mAP cost with trained CVNet weights is not measured (docs/precision.md); "
+                                         "fp32 is the reproduction setting")
+# Under bf16/fp16 the stem and MBConv blocks 0-3 (stages 1-2 and the first block of stage 3) stay fp32:
+# rounding there is amplified by every later block (docs/precision.md: per-layer errors and the mAP).
+# Those early layers hold much of the CPU time, so the speed gain is small; the run says so.
+LITE0_PRECISION = PrecisionPlan(
+    fp32=("backbone._conv_stem", "backbone._blocks.0", "backbone._blocks.1", "backbone._blocks.2",
+          "backbone._blocks.3"),
+    warning="EfficientNet-Lite0 keeps its stem and blocks 0-3 in fp32 to stay within 0.1 mAP of fp32; on a 2-core "
+            "CPU that left 1.0-1.45x of fp32's speed (all bf16: 1.8-2.3x, up to 0.3 mAP off; docs/precision.md)")
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class BackboneEntry:
     tag: Callable[[BackboneOptions], str]
     input_norm: InputNorm = CVNET_INPUT
     depths: tuple = ()    # the depths it accepts (empty: depth is ignored)
+    precision_plan: PrecisionPlan = PrecisionPlan()  # what stays fp32 under bf16/fp16 (model/precision.py)
 
 
 BACKBONES: dict[str, BackboneEntry] = {}
@@ -89,6 +102,7 @@ register(BackboneEntry(
     dim=lambda options: options.reduction_dim,
     tag=lambda options: f"RN{options.depth}",
     depths=(50, 101),
+    precision_plan=RESNET_PRECISION,
 ))
 
 register(BackboneEntry(
@@ -98,4 +112,5 @@ register(BackboneEntry(
     dim=lambda options: LITE0_DIM,
     tag=lambda options: "LITE0",
     input_norm=LITE_INPUT,
+    precision_plan=LITE0_PRECISION,
 ))

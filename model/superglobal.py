@@ -29,13 +29,16 @@ class SuperGlobalDescriptor(nn.Module):
     """Image batch (B, 3, H, W), normalised -> L2-normalised global descriptors (B, D).
 
     `input_norm` (model/backbone.py InputNorm, default CVNet's) records how the backbone wants its
-    input normalised; the extraction loop reads it, the module itself never renormalises."""
+    input normalised; the extraction loop reads it, the module itself never renormalises.
+    `precision_plan` (model/precision.py PrecisionPlan, or None) names the modules that stay fp32
+    under bf16/fp16; the extraction loop applies it, the module itself always runs as it is."""
 
     def __init__(self, backbone, scales, gemp=True, rgem=True, sgem=True,
-                 gemp_p=4.6, rgem_p=2.5, rgem_size=5, input_norm=CVNET_INPUT):
+                 gemp_p=4.6, rgem_p=2.5, rgem_size=5, input_norm=CVNET_INPUT, precision_plan=None):
         super().__init__()
         self.backbone = backbone
         self.input_norm = input_norm
+        self.precision_plan = precision_plan
         self.scales = list(scales)
         self.gemp = GeMPlus(p=gemp_p, eps=1e-8) if gemp else None
         self.rgem = RegionalGeM(p=rgem_p, size=rgem_size) if rgem else None

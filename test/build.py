@@ -55,7 +55,8 @@ def build_descriptor(cfg):
     supg = cfg.SupG
     descriptor = SuperGlobalDescriptor(build_backbone(cfg), scales_of(cfg.TEST.SCALE_LIST), supg.gemp,
                                        supg.rgem, supg.sgem, supg.gemp_p, supg.rgem_p, supg.rgem_size,
-                                       input_norm=backbone_of(cfg).input_norm)
+                                       input_norm=backbone_of(cfg).input_norm,
+                                       precision_plan=backbone_of(cfg).precision_plan)
     return descriptor.eval()
 
 

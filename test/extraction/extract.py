@@ -26,6 +26,7 @@ from tqdm import tqdm
 from errors import UserError
 from model.backbone import CVNET_INPUT
 from model.inference import prepare_for_inference
+from model.precision import apply_precision_plan
 from test.data.images import normalize_for
 from test.extraction.runtime import ExtractOptions, tune_worker
 
@@ -98,6 +99,24 @@ class _Buckets:
         return group
 
 
+_WARNED = set()  # precision warnings already printed by this process
+
+
+def with_precision_plan(model, descriptor, precision):
+    """`model` (prepared from `descriptor`) with the descriptor's precision plan applied when
+    `precision` is reduced: its fp32 modules become fp32 islands (model/precision.py), on a copy.
+    fp32 returns `model` itself. A plan's warning (what reduced precision costs with this backbone
+    is not known to be small) is printed once per process."""
+    plan = getattr(descriptor, "precision_plan", None)
+    if precision == "fp32" or plan is None:
+        return model
+    line = f"warning: TEST.PRECISION {precision}: {plan.warning}"
+    if plan.warning and line not in _WARNED:
+        _WARNED.add(line)
+        print(line, flush=True)
+    return apply_precision_plan(model, plan, copy_first=model is descriptor)
+
+
 def prepared_descriptor(descriptor, options):
     """A copy of `descriptor` with BN folded / channels-last as `options` (resolved) say; the
     caller's module (and its parameter names) stay as they are."""
@@ -120,7 +139,7 @@ def extract_features(descriptor, dataset, device, batch_size=0, num_workers=-1, 
                       **({"num_workers": num_workers} if num_workers >= 0 else {})).resolve(device)
     torch.set_num_threads(options.num_threads)
     channels_last, non_blocking = options.on("channels_last"), options.on("non_blocking")
-    model = prepared_descriptor(descriptor, options)
+    model = with_precision_plan(prepared_descriptor(descriptor, options), descriptor, precision)
     norm = norm or getattr(descriptor, "input_norm", CVNET_INPUT)
     in_worker = None if options.on("uint8_transfer") else norm
     workers = options.num_workers

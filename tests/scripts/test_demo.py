@@ -29,7 +29,7 @@ def bench(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     make_benchmark(root, "demo", seed=3, views_per_landmark=6, views_per_distractor=2,
-                   landmarks=["chelsea", "coffee"], distractors=["camera", "brick"])
+                   landmarks=["chelsea", "coffee"], distractors=["camera", "brick"], lookalikes_per_landmark=2)
     return root
 
 
@@ -48,13 +48,13 @@ def visible_fraction_ignoring_occluder(view, bbx):
 def test_benchmark_layout_and_ground_truth(bench):
     gnd = load_gnd(bench, "demo")
     meta = json.loads((bench / "demo" / "meta_demo.json").read_text())
-    assert gnd.nq == 4 and gnd.n == 6 * 2 + 2 * 2
+    assert gnd.nq == 2 * 3 and gnd.n == 6 * 2 + 2 * 2 + 2 * 2
     assert all(Path(p).is_file() for p in gnd.query_paths + gnd.db_paths)
     views = meta["views"]
     assert [v["name"] for v in views] == gnd.imlist
     for j, (query, entry) in enumerate(zip(meta["queries"], gnd.gnd)):
         assert tuple(entry["bbx"]) == tuple(query["bbx"])
-        own = {i for i, v in enumerate(views) if v["photo"] == query["photo"]}
+        own = {i for i, v in enumerate(views) if v["photo"] == query["photo"] and v["lookalike_of"] is None}
         labelled = {int(i) for k in ("easy", "hard", "junk") for i in entry[k]}
         assert labelled == own  # every view of the query's photo is graded; other photos are negatives
         for grade in ("easy", "hard", "junk"):
@@ -68,7 +68,29 @@ def test_benchmark_layout_and_ground_truth(bench):
                     assert kept >= 0.25 and geometric >= 0.22  # positives show the query region
                 if grade == "easy":
                     assert kept >= 0.6 and abs(views[i]["angle"]) <= 25
+                    assert abs(views[i]["hue"]) <= 12 and views[i]["saturation"] > 0
         assert len(entry["easy"]) + len(entry["hard"]) >= 1
+    lookalikes = [v for v in views if v["lookalike_of"] is not None]
+    assert sorted(v["lookalike_of"] for v in lookalikes) == ["chelsea"] * 2 + ["coffee"] * 2
+    assert all(v["photo"] in ("camera", "brick") and not any(v["kept"]) for v in lookalikes)
+
+
+@needs_demo
+def test_lookalikes_take_the_landmark_colours():
+    from make_benchmark import load_photo, lookalike
+
+    source, reference = load_photo("brick"), load_photo("coffee")
+    matched = lookalike(source, reference)
+    assert matched.shape == source.shape and matched.dtype == np.uint8
+    # per channel, the matched photo has the landmark's value distribution (mean and spread; the grey
+    # source has few distinct levels, so single quantiles can jump)
+    for c in range(3):
+        m, r = matched[:, :, c].astype(float), reference[:, :, c].astype(float)
+        assert abs(m.mean() - r.mean()) < 6 and abs(m.std() / r.std() - 1) < 0.1
+        assert abs(source[:, :, c].mean() - r.mean()) > 10  # not true before matching
+    # and keeps the source's layout: the order of pixel values is preserved (rank correlation)
+    a, b = source[:, :, 0].ravel().argsort().argsort(), matched[:, :, 0].ravel().argsort().argsort()
+    assert np.corrcoef(a, b)[0, 1] > 0.95
 
 
 @needs_demo
@@ -76,7 +98,7 @@ def test_benchmark_is_deterministic(bench, tmp_path):
     from make_benchmark import make_benchmark
 
     make_benchmark(tmp_path, "demo", seed=3, views_per_landmark=6, views_per_distractor=2,
-                   landmarks=["chelsea", "coffee"], distractors=["camera", "brick"])
+                   landmarks=["chelsea", "coffee"], distractors=["camera", "brick"], lookalikes_per_landmark=2)
     for name in ("gnd_demo.pkl", "meta_demo.json"):
         assert (tmp_path / "demo" / name).read_bytes() == (bench / "demo" / name).read_bytes()
     first = sorted((bench / "demo" / "jpg").iterdir())
@@ -138,6 +160,7 @@ def test_run_demo_table_parsing():
 
     text = "x\nRetrieval results: mAP E: 90.00, M: 80.50, H: 70.25\nRetrieval results: mAP E: 1.00, M: 2.00, H: 3.00\n"
     assert parse_map(text) == (1.0, 2.0, 3.0)
+    assert np.isnan(parse_map("Retrieval results: mAP E: nan, M: 2.00, H: 3.00")[0])
     table = format_table([(name, (1.0, 2.0, 3.0)) for name, _ in ROWS])
     assert len(table.splitlines()) == len(ROWS) + 1
     with pytest.raises(ValueError):
