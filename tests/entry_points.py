@@ -128,13 +128,14 @@ def base_args(root, dataset="roxford5k", out=None):
             "TEST.DATASET_LIST", dataset, "OUT_DIR", out or root / "out", *FAST]
 
 
-def stops_before_any_work(entry, root, dataset, tmp_path, *fragments, subprocess=False):
-    """test.py on TEST.DATASET_LIST `dataset` stops with one `error:` line holding `fragments`, and
-    writes nothing to its OUT_DIR."""
+def stops_before_any_work(entry, root, dataset, tmp_path, *fragments, subprocess=False, extra=()):
+    """test.py on TEST.DATASET_LIST `dataset` (plus the `extra` KEY VALUE pairs) stops with one
+    `error:` line holding `fragments`, and writes nothing to its OUT_DIR, not even its run lock."""
     out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, dataset, out=out), cwd=tmp_path, subprocess=subprocess)
+    done = entry("test.py", *base_args(root, dataset, out=out), *extra, cwd=tmp_path, subprocess=subprocess)
     error_line(done, *fragments)
     assert_nothing_written(out)
+    assert not (out / ".lock").exists()
 
 
 def out_files(out):

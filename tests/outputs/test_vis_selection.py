@@ -11,7 +11,12 @@ import config
 from config import VisSelection, load_cfg_from_args, vis_selection
 from errors import UserError
 from test.outputs.per_query import PerQuery, pick_queries
-from tests.entry_points import assert_nothing_written, base_args, entry_module, error_line, roxford_workspace
+from tests.entry_points import (
+    base_args,
+    entry_module,
+    roxford_workspace,
+    stops_before_any_work,
+)
 
 RERANK = ["SupG.M", "6", "SupG.K", "2"]  # moves the APs of this workspace's queries (SupG.M 4 does not)
 
@@ -132,9 +137,4 @@ def test_first_n_as_before(ws, tmp_path):
     (["TEST.VIS_QUERIES", "worst:3"], ["bad value 'worst:3' for TEST.VIS_QUERIES"]),
 ])
 def test_bad_selections_stop_before_any_work(ws, tmp_path, entry, extra, fragments):
-    root, _ = ws
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, out=out), *extra, cwd=tmp_path)
-    error_line(done, *fragments)
-    assert_nothing_written(out)
-    assert not (out / ".lock").exists()
+    stops_before_any_work(entry, ws[0], "roxford5k", tmp_path, *fragments, extra=extra)

@@ -8,7 +8,7 @@ import torch
 
 from test.data.gnd import protocols
 from test.two_stage.cvnet_rerank import candidate_labels, scored_pairs, select_candidates
-from tests.entry_points import assert_nothing_written, base_args, error_line, roxford_workspace
+from tests.entry_points import assert_nothing_written, base_args, error_line, roxford_workspace, stops_before_any_work
 from tests.reference.official_metrics import official_compute_map
 
 TWO_STAGE = ["TEST.DESCRIPTOR", "cvnet", "SupG.rerank", "False", "CVNET.RERANK", "True", "CVNET.TOPK", "3"]
@@ -57,11 +57,7 @@ def test_two_stage_run_writes_the_reranked_rankings_pairs_scores_and_log(entry, 
     (["CVNET.RERANKING", "True"], ["unknown config key 'CVNET.RERANKING'", "CVNET.RERANK"]),
 ])
 def test_contradictory_or_unknown_cvnet_settings_stop_before_any_work(entry, workspace, tmp_path, args, fragments):
-    root, _ = workspace
-    out = tmp_path / "out"
-    done = entry("test.py", *base_args(root, out=out), *args, cwd=tmp_path)
-    error_line(done, *fragments)
-    assert_nothing_written(out)
+    stops_before_any_work(entry, workspace[0], "roxford5k", tmp_path, *fragments, extra=args)
 
 
 def test_a_checkpoint_without_the_reranking_network_stops_before_any_work(entry, workspace, tmp_path):
