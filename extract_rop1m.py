@@ -30,7 +30,7 @@ from model.fingerprint import file_sha256
 from test.build import (
     FEATURE_KEYS,
     build_descriptor,
-    default_distractors_path,
+    default_r1m_path,
     descriptor_fingerprint,
     load_backbone_weights,
 )
@@ -217,7 +217,7 @@ def run(args, opts):
     weights = checkpoint_path(cfg.TEST.WEIGHTS, cfg.MODEL.DEPTH)
     dim = cfg.MODEL.HEADS.REDUCTION_DIM
     identity = run_identity(descriptor_fingerprint(cfg, weights), image_list, args.shard_size, dim)
-    output = Path(args.output or default_distractors_path(cfg))
+    output = Path(args.output or default_r1m_path(cfg))
     if output.is_dir():
         raise UserError(f"--output {output} is a directory: give a file name")
     refuse_output_over_inputs(output, opts, image_list, weights)

@@ -29,7 +29,7 @@ def backbone_tag(cfg):
     return backbone_of(cfg).tag(backbone_options(cfg))
 
 
-def default_distractors_path(cfg):
+def default_r1m_path(cfg):
     """Where extract_rop1m.py writes, and test.py reads, R1M features when no path is given:
     ./feats_1m_RN{depth}.pth. extract_rop1m.py extracts for the CVNet ResNet only, so another
     backbone has no default file (UserError: name one with SupG.distractors_path)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from config import cfg_file_of, vis_selection
 from errors import UserError
-from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint
+from test.build import default_r1m_path, descriptor_dim, descriptor_fingerprint
 from test.datasets import open_datasets
 from test.extraction.device import resolve_device
 from test.extraction.extract import check_precision
@@ -71,9 +71,9 @@ def refuse_bad_selection(cfg, datasets):
                             f"ground truth's query list (e.g. {some})")
 
 
-def open_distractors(cfg, fingerprint):
+def open_r1m_features(cfg, fingerprint):
     """(the R1M features, a line describing them) from SupG.distractors_path or the default file."""
-    path = cfg.SupG.distractors_path or default_distractors_path(cfg)
+    path = cfg.SupG.distractors_path or default_r1m_path(cfg)
     distractors, info = load_r1m_features(path, expected_fingerprint=fingerprint,
                                          check=cfg.SupG.distractors_check, dim=descriptor_dim(cfg))
     register_input(path, "SupG.distractors_path")
@@ -113,6 +113,6 @@ def prepare(cfg, argv) -> Prepared:
     prepared = Prepared(device, datasets, extract, weights, fingerprint)
     prepared.cvnet_scorer, _ = build_cvnet_scorer(cfg, device)
     if cfg.SupG.onemeval:
-        prepared.distractors, prepared.described = open_distractors(cfg, fingerprint)
+        prepared.distractors, prepared.described = open_r1m_features(cfg, fingerprint)
     refuse_outputs_over_inputs(cfg, datasets, argv)
     return prepared

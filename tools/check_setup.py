@@ -24,7 +24,7 @@ from config import load_cfg_from_args  # noqa: E402
 from errors import UserError, exit_code_of, one_line  # noqa: E402
 from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
-from test.build import default_distractors_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
+from test.build import default_r1m_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
 from test.data.custom import load_dataset_entry  # noqa: E402
 from test.data.gldv2 import load_gldv2  # noqa: E402
 from test.data.images import require_images  # noqa: E402
@@ -99,12 +99,12 @@ def check_weights(report, cfg):
     return path
 
 
-def check_distractors(report, cfg, weights):
+def check_r1m_features(report, cfg, weights):
     """The R1M features of SupG.onemeval: readable, finite, of the descriptor's dimension and, when
     the weights loaded and a sidecar is there, extracted with the same descriptor."""
     fingerprint = descriptor_fingerprint(cfg, weights) if weights is not None else None
     try:
-        path = cfg.SupG.distractors_path or default_distractors_path(cfg)
+        path = cfg.SupG.distractors_path or default_r1m_path(cfg)
         _, info = load_r1m_features(path, expected_fingerprint=fingerprint, check=cfg.SupG.distractors_check,
                                    dim=descriptor_dim(cfg))
     except UserError as error:
@@ -158,7 +158,7 @@ def check_setup(cfg, argv=()):
     if cfg.CVNET.RERANK:
         check_rerank_weights(report, cfg)
     if cfg.SupG.onemeval:
-        check_distractors(report, cfg, weights)
+        check_r1m_features(report, cfg, weights)
     check_device(report, cfg)
     check_run(report, cfg, list(argv))
     return report

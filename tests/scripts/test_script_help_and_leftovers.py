@@ -80,13 +80,13 @@ def test_extract_rop1m_help_lists_exactly_the_keys_a_run_reads(tmp_path_factory,
 
 
 def test_no_default_r1m_file_for_a_backbone_extract_rop1m_does_not_extract():
-    from test.build import default_distractors_path
+    from test.build import default_r1m_path
 
     cfg = get_cfg_defaults()
-    assert default_distractors_path(cfg) == "./feats_1m_RN50.pth"
+    assert default_r1m_path(cfg) == "./feats_1m_RN50.pth"
     cfg.MODEL.TYPE = "EFFICIENTNET_LITE0"
     with pytest.raises(UserError, match="SupG.distractors_path"):
-        default_distractors_path(cfg)
+        default_r1m_path(cfg)
     help_text = entry_module("extract_rop1m.py").build_parser().format_help()
     assert "LITE0" not in help_text.split("config keys it reads")[0]
 
