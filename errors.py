@@ -184,6 +184,15 @@ def quiet_interrupt_during_startup():
     signal.signal(signal.SIGINT, stop)
 
 
+def exit_with(code: int):
+    """End an entry point with its exit code. The work is done and its outputs are written: a
+    Ctrl-C while the interpreter shuts down (torch's teardown takes a moment) is ignored, so it can
+    neither print a traceback nor turn the exit code into "killed by SIGINT"."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def exit_code_of(action, flag_names=None):
     """Run `action()` for a command-line entry point: 0 when it returns, 2 with the one-line message
     on stderr when it raises UserError (config keys worded as the entry point's `flag_names`) or

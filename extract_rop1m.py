@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from config import cfg_file_of, describe_keys, load_cfg_from_args, scales_of
-from errors import ArgumentParser, UserError, exit_code_of, typed_flags
+from errors import ArgumentParser, UserError, exit_code_of, exit_with, typed_flags
 from model.checkpoint import checkpoint_path
 from model.fingerprint import file_sha256
 from test.build import (
@@ -307,4 +307,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

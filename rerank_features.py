@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from config import get_cfg_defaults, load_cfg_from_args
-from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of, typed_flags
+from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of, exit_with, typed_flags
 from test.data.feature_files import load_features, load_gldv2_checked, load_ground_truth_lists
 from test.data.gnd import protocols
 from test.extraction.device import resolve_device
@@ -243,4 +243,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

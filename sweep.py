@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of
+from errors import ArgumentParser, ExamplesHelpFormatter, UserError, exit_code_of, exit_with
 from test.data.feature_files import load_features, load_ground_truth
 from test.outputs.writer import atomic_write, json_bytes, refuse_input, register_input, temp_name
 
@@ -202,4 +202,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

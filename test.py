@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from config import describe_keys, load_cfg_from_args, scales_of
-from errors import UserError, exit_code_of, one_line
+from errors import UserError, exit_code_of, exit_with, one_line
 from test.build import descriptor_dim
 from test.extraction.feature_cache import FeatureCache
 from test.extraction.runtime import tune_process
@@ -120,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

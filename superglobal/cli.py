@@ -27,7 +27,7 @@ def run_script(relative):
         return 2
     sys.argv[0] = str(path)
     sys.path.insert(0, str(path.parent))
-    runpy.run_path(str(path), run_name="__main__")  # the script ends with sys.exit(main())
+    runpy.run_path(str(path), run_name="__main__")  # the script ends with errors.exit_with(main())
     return 0
 
 

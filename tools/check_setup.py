@@ -21,7 +21,7 @@ if __name__ == "__main__":
     quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
 
 from config import load_cfg_from_args  # noqa: E402
-from errors import UserError, exit_code_of, one_line  # noqa: E402
+from errors import UserError, exit_code_of, exit_with, one_line  # noqa: E402
 from model.cvnet_rerank import build_cvnet_rerank, load_rerank_weights  # noqa: E402
 from model.fingerprint import file_sha256  # noqa: E402
 from test.build import default_r1m_path, descriptor_dim, descriptor_fingerprint, load_descriptor  # noqa: E402
@@ -189,4 +189,4 @@ def check_and_report(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -22,7 +22,7 @@ from errors import quiet_interrupt_during_startup  # noqa: E402
 if __name__ == "__main__":
     quiet_interrupt_during_startup()  # before the heavy imports below (torch: about a second)
 
-from errors import ArgumentParser, UserError, exit_code_of  # noqa: E402
+from errors import ArgumentParser, UserError, exit_code_of, exit_with  # noqa: E402
 from test.data.synthetic import write_checkpoint, write_revisitop  # noqa: E402
 
 DATASETS = ("roxford5k", "rparis6k")
@@ -68,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -117,3 +117,14 @@ def test_ctrl_c_in_a_tool_ends_with_one_line_and_exit_130(ws, tmp_path):
         pytest.skip("the check finished before the interrupt")
     assert process.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted"), err
+
+
+def test_ctrl_c_while_the_interpreter_shuts_down_keeps_the_exit_code():
+    """A Ctrl-C that lands after the work, while Python and torch tear down, is ignored by
+    errors.exit_with: no traceback, and the run's own exit code, not "killed by SIGINT"."""
+    code = (f"import atexit, os, signal, sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from errors import exit_code_of, exit_with; "
+            "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT)); "
+            "exit_with(exit_code_of(lambda: None))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
