@@ -23,7 +23,7 @@ from test.build import descriptor_dim
 from test.build import load_descriptor as load_network
 from test.data.images import RevisitopImages, load_image
 from test.extraction.device import resolve_device
-from test.extraction.extract import autocast_context, extract_features
+from test.extraction.extract import autocast_context, check_precision, extract_features
 from test.extraction.runtime import options_from_cfg
 
 BACKBONES = {"resnet": "RESNET", "lite0": "EFFICIENTNET_LITE0"}
@@ -60,8 +60,7 @@ def load_descriptor(weights: PathLike | None = None, depth: int = 50, backbone: 
         raise UserError(f"options must be a dict of config keys, e.g. {{'SupG.rgem': False}}, "
                         f"got {type(options).__name__}")
     torch_device = resolve_device(device, "device")
-    if precision == "fp16" and torch_device.type != "cuda":
-        raise UserError("precision fp16 needs a CUDA device: use precision='fp32' or 'bf16' on the CPU")
+    check_precision(torch_device, precision, "precision")
     if weights is None:
         weights = "auto" if backbone == "lite0" else "./weights"
     args = {"MODEL.TYPE": BACKBONES[backbone], "MODEL.DEPTH": depth, "TEST.WEIGHTS": os.fspath(weights),

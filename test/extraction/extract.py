@@ -52,10 +52,11 @@ class _ErrorsAsValues(Dataset):
         return index, image
 
 
-def check_precision(device, precision):
-    """UserError when `precision` cannot run on `device` (fp16 autocast is CUDA-only)."""
+def check_precision(device, precision, setting="TEST.PRECISION"):
+    """UserError when `precision` cannot run on `device` (fp16 autocast is CUDA-only); `setting` is
+    how the caller names it (the API's argument is `precision`)."""
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("TEST.PRECISION fp16 needs a CUDA device: use fp32 or bf16 on CPU")
+        raise UserError(f"{setting} fp16 needs a CUDA device: use fp32 or bf16 on CPU")
 
 
 def autocast_context(device, precision):
